@@ -1,0 +1,38 @@
+# keyed_dispatch: every target builds .venv first if it is missing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: venv test demo lint bench bench-quick clean
+
+STAMP  := $(VENV)/.installed
+
+# The stamp is written only after a successful install, so an interrupted
+# install is retried; it is redone when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --cov=keyed_dispatch --cov-report=term --cov-fail-under=95
+
+demo: $(STAMP)
+	$(BIN)/python -m keyed_dispatch demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check keyed_dispatch tests examples benchmarks
+	$(BIN)/ruff format --check keyed_dispatch tests examples benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m keyed_dispatch bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m keyed_dispatch bench --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,40 @@
+"""keyed_dispatch: run jobs in order per key, in parallel across keys.
+
+Jobs submitted with the same key run one at a time, in the order they were
+submitted; jobs with different keys run concurrently on a thread pool.
+"""
+
+from __future__ import annotations
+
+from ._config import DispatcherConfig
+from ._dispatcher import KeyedDispatcher, KeyedFuture, KeyExecutor
+from ._errors import (
+    ConfigError,
+    DispatcherClosed,
+    KeyedDispatchError,
+    KeyHalted,
+    ShardsExhausted,
+    StartTimeout,
+    SubmitTimeout,
+)
+from ._keys import WebhookKey, webhook_key
+from ._stats import DispatcherStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DispatcherClosed",
+    "DispatcherConfig",
+    "DispatcherStats",
+    "KeyExecutor",
+    "KeyHalted",
+    "KeyedDispatchError",
+    "KeyedDispatcher",
+    "KeyedFuture",
+    "ShardsExhausted",
+    "StartTimeout",
+    "SubmitTimeout",
+    "WebhookKey",
+    "webhook_key",
+]

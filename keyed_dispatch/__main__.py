@@ -1,0 +1,37 @@
+"""Command line: ``python -m keyed_dispatch COMMAND [options]``.
+
+Each command lives in its own module and is imported only when run, so the
+core never pays for the optional parts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module relative to this package, its help line). Each module
+# has ``main(argv: Sequence[str]) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("._demo", "reproduce the webhook race three ways and print the table"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command named by ``argv`` and return its exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        lines = ["usage: python -m keyed_dispatch COMMAND [options]", "", "commands:"]
+        lines += [f"  {name:10} {help_line}" for name, (_, help_line) in COMMANDS.items()]
+        stream = sys.stdout if args and args[0] in ("-h", "--help") else sys.stderr
+        if args and args[0] not in ("-h", "--help"):
+            lines.append(f"\nunknown command: {args[0]}")
+        print("\n".join(lines), file=stream)
+        return 0 if stream is sys.stdout else 2
+    module = importlib.import_module(COMMANDS[args[0]][0], __package__)
+    status: int = module.main(args[1:])
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,803 @@
+"""KeyedDispatcher: per-key ordered dispatch on a thread pool."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from ._config import DispatcherConfig
+from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
+from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
+from ._keys import KeysText, check_hashable, normalize_keys
+from ._stats import DispatcherStats
+
+__all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture"]
+
+_T = TypeVar("_T")
+
+logger = logging.getLogger("keyed_dispatch")
+_DEBUG = logging.DEBUG
+_monotonic = time.monotonic
+
+
+class KeyedFuture(Future[_T]):
+    """The future of a dispatched job: a ``concurrent.futures.Future``.
+
+    ``cancel()`` on a job that has not started returns True, the job never
+    runs, and its keys move on to their next jobs at once (a multi-key job
+    waiting on one key does not hold back its other keys). A running job
+    cannot be cancelled, as with the standard library.
+    """
+
+    _kd_job: Job | None
+    _kd_owner: KeyedDispatcher | None
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        owner = self._kd_owner
+        job = self._kd_job
+        if owner is not None and job is not None:
+            owner._on_cancel(job)
+        return True
+
+
+class _Worker:
+    __slots__ = ("job", "wake")
+
+    def __init__(self) -> None:
+        # A Lock used as a binary semaphore: released to hand the worker a
+        # job (``job``) or to tell it to exit (``job`` stays None).
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.job: Job | None = None
+
+
+class KeyedDispatcher:
+    """Run jobs on a thread pool, one at a time and in order per key.
+
+    Jobs that share a key never overlap and start in admission order (the
+    order in which ``submit*`` calls return). Jobs whose keys are disjoint
+    run concurrently on up to ``max_workers`` threads, and no worker idles
+    while an admitted job could run. Unlike ``ThreadPoolExecutor`` plus a
+    lock per key, nothing blocks a submitting thread but admission limits,
+    same-key jobs cannot overtake each other, and multi-key jobs cannot
+    deadlock.
+
+    Arguments left as None take their value from
+    :meth:`DispatcherConfig.from_env` (or from ``config`` when given).
+
+    Args:
+        max_workers: worker threads at most; they start lazily and exit
+            after ``idle_timeout`` seconds idle.
+        max_shards: keys with pending or running work at most. A submit on a
+            new key waits for a shard to free, then raises ShardsExhausted.
+        submit_timeout: seconds a submit waits for room (shards,
+            ``max_pending``) before raising; ``math.inf`` waits for ever.
+        start_timeout: seconds after admission after which a job that has not
+            started fails with StartTimeout instead of running.
+        max_pending: admitted jobs not yet started, at most (backpressure).
+        wait_warning: a job that waited this long to start is logged at
+            WARNING; None disables.
+        halt_on_error: a job that raises halts its keys: their pending and
+            later jobs fail with KeyHalted until :meth:`resume`.
+        name: prefix of the worker thread names.
+        config: the base settings instead of the environment's.
+
+    Raises:
+        ValueError: a setting is out of range (ConfigError).
+        TypeError: a setting has the wrong type.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        max_shards: int | None = None,
+        submit_timeout: float | None = None,
+        start_timeout: float | None = None,
+        max_pending: int | None = None,
+        wait_warning: float | None = None,
+        halt_on_error: bool = False,
+        name: str = "keyed-dispatch",
+        config: DispatcherConfig | None = None,
+    ) -> None:
+        base = config if config is not None else DispatcherConfig.from_env()
+        overrides: dict[str, Any] = {
+            field: value
+            for field, value in (
+                ("max_workers", max_workers),
+                ("max_shards", max_shards),
+                ("submit_timeout", submit_timeout),
+                ("start_timeout", start_timeout),
+                ("max_pending", max_pending),
+                ("wait_warning", wait_warning),
+            )
+            if value is not None
+        }
+        self.config = replace(base, **overrides) if overrides else base
+        if not isinstance(halt_on_error, bool):
+            raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        self._name = name
+        self._halt_on_error = halt_on_error
+        self._local = threading.local()
+        self._closed = False
+        self._init_state()
+        _live_dispatchers.add(self)
+
+    def _init_state(self) -> None:
+        # Everything that a forked child must not inherit is created here.
+        self._lock = threading.Lock()
+        # Submitters waiting for room (shards, max_pending), and shutdown
+        # waiting for the drain, share the lock; so does the deadline timer.
+        self._room = threading.Condition(self._lock)
+        self._drained = threading.Condition(self._lock)
+        self._timer_cond = threading.Condition(self._lock)
+        self._room_waiters = 0
+        self._engine = Engine(halt_on_error=self._halt_on_error)
+        self._idle: list[_Worker] = []
+        self._threads: set[threading.Thread] = set()
+        self._nworkers = 0
+        self._spawned = 0
+        # Start deadlines in admission order; all jobs share start_timeout,
+        # so the order is also deadline order and a deque does for a heap.
+        self._deadlines: deque[Job] = deque()
+        self._timer: threading.Thread | None = None
+
+    # -- submission --------------------------------------------------------
+
+    def submit(self, key: Hashable, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> KeyedFuture[_T]:
+        """Schedule ``fn(*args, **kwargs)`` to run on ``key``.
+
+        The job starts once every job admitted earlier on ``key`` has
+        finished (completed, failed, cancelled or timed out before start),
+        and it runs concurrently with jobs of other keys. Admission is the
+        return of this call; it may wait up to ``submit_timeout`` for room.
+
+        Returns:
+            A future for the result. Cancelling it before the job starts
+            means the job never runs.
+
+        Raises:
+            TypeError: ``key`` is unhashable or ``fn`` is not callable.
+            ShardsExhausted: ``key`` needs a new shard and none freed in time.
+            SubmitTimeout: ``max_pending`` jobs stayed queued too long.
+            DispatcherClosed: after :meth:`shutdown`.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        try:
+            hash(key)
+        except TypeError:
+            check_hashable(key)
+        return self._submit((key,), fn, args, kwargs)
+
+    def submit_multi(
+        self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> KeyedFuture[_T]:
+        """Schedule one job that is ordered on every key in ``keys``.
+
+        The job is placed in the queue of each key in one atomic step and
+        starts when it is first in all of them, so it never overlaps another
+        job sharing any of its keys. Deadlock is impossible by construction,
+        whatever the order of the keys. Duplicate keys count once.
+
+        Raises:
+            ValueError: ``keys`` is empty.
+            TypeError: ``keys`` is a string or holds an unhashable key, or
+                ``fn`` is not callable.
+            ShardsExhausted, SubmitTimeout, DispatcherClosed: as :meth:`submit`.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        return self._submit(normalize_keys(keys), fn, args, kwargs)
+
+    def _submit(
+        self,
+        keys: tuple[Hashable, ...],
+        fn: Callable[..., _T] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> KeyedFuture[_T]:
+        future: KeyedFuture[_T] = KeyedFuture()
+        job = Job(keys, fn, args, kwargs, future)
+        future._kd_job = job
+        future._kd_owner = self
+        config = self.config
+        engine = self._engine
+        spawn: list[Job] | None = None
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is shut down; it admits no new jobs")
+            nshards = len(engine.shards)
+            if (config.max_pending is not None and engine.pending >= config.max_pending) or (
+                # The first test is a cheap bound that spares counting new
+                # keys while the pool is far from full.
+                nshards + len(keys) > config.max_shards
+                and nshards + engine.new_shards(keys) > config.max_shards
+            ):
+                self._wait_for_room_locked(keys)
+            now = _monotonic()
+            engine.admit(job, now)
+            if fn is not None and config.start_timeout is not None:
+                self._add_deadline_locked(job, now + config.start_timeout)
+            if engine.ready:
+                spawn = self._dispatch_locked()
+        if spawn:
+            self._spawn(spawn)
+        return future
+
+    def _wait_for_room_locked(self, keys: tuple[Hashable, ...]) -> None:
+        # Caller holds the lock. Waits (releasing it) until the job fits
+        # under max_pending and max_shards, or raises. Nothing is admitted
+        # before this returns, so a timeout leaves no trace.
+        config = self.config
+        engine = self._engine
+        if len(keys) > config.max_shards:
+            raise ShardsExhausted(
+                f"a job on {len(keys)} keys can never fit in max_shards={config.max_shards}"
+            )
+        deadline = _monotonic() + config.submit_timeout
+        while True:
+            pending_full = config.max_pending is not None and engine.pending >= config.max_pending
+            shards_full = len(engine.shards) + engine.new_shards(keys) > config.max_shards
+            if not (pending_full or shards_full):
+                return
+            remaining = deadline - _monotonic()
+            if remaining <= 0:
+                if shards_full:
+                    logger.error("shard pool exhausted: %d shards", config.max_shards)
+                    raise ShardsExhausted(
+                        f"shard pool exhausted: {config.max_shards} shards stayed live "
+                        f"for {config.submit_timeout}s"
+                    )
+                raise SubmitTimeout(f"{config.max_pending} jobs stayed pending for {config.submit_timeout}s")
+            self._room_waiters += 1
+            try:
+                self._room.wait(None if math.isinf(remaining) else remaining)
+            finally:
+                self._room_waiters -= 1
+            if self._closed:
+                raise DispatcherClosed("the dispatcher was shut down while the submit waited for room")
+
+    # -- running -----------------------------------------------------------
+
+    def _dispatch_locked(self) -> list[Job] | None:
+        # Caller holds the lock. Hand runnable jobs to idle workers, then
+        # claim new workers for what is left, up to max_workers. Returns the
+        # jobs that need a new thread (started by the caller, after
+        # releasing the lock: starting a thread is slow).
+        engine = self._engine
+        idle = self._idle
+        spawn: list[Job] | None = None
+        while engine.ready:
+            if not idle and self._nworkers >= self.config.max_workers:
+                break
+            job = self._take_locked()
+            if job is None:
+                break
+            if idle:
+                worker = idle.pop()
+                worker.job = job
+                worker.wake.release()
+            else:
+                self._nworkers += 1
+                if spawn is None:
+                    spawn = []
+                spawn.append(job)
+        return spawn
+
+    def _take_locked(self) -> Job | None:
+        # Caller holds the lock. The next job a worker should run. An
+        # exclusive block (fn is None) is granted here instead: it holds
+        # its keys in the caller's thread and takes no worker.
+        engine = self._engine
+        while True:
+            job = engine.take(_monotonic())
+            if job is None or job.fn is not None:
+                return job
+            # Nobody but exclusive() sees this future, so resolving it under
+            # the lock cannot run user callbacks here. The caller may have
+            # cancelled it (its wait timed out) and be queued on our lock in
+            # _on_cancel: then the block is retired here, as cancelled.
+            future = job.future
+            if not future.set_running_or_notify_cancel():
+                engine.release(job, CANCELLED)
+            elif job.error is not None:
+                future.set_exception(job.error)
+                engine.release(job, FAILED)
+            else:
+                future.set_result(None)
+
+    def _spawn(self, jobs: list[Job]) -> None:
+        # Start one worker thread per job; each was counted in _nworkers by
+        # _dispatch_locked when the job was taken.
+        for job in jobs:
+            worker = _Worker()
+            with self._lock:
+                self._spawned += 1
+                thread = threading.Thread(
+                    target=self._work, args=(worker, job), name=f"{self._name}_{self._spawned}"
+                )
+                self._threads.add(thread)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                # No thread could be started (resource limits, interpreter
+                # shutdown). The job was taken, so fail it rather than lose
+                # it silently; its keys move on.
+                self._fail_unstarted(job, thread, exc)
+
+    def _fail_unstarted(self, job: Job, thread: threading.Thread, exc: RuntimeError) -> None:
+        future = job.future
+        job.future = None
+        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        outcome = CANCELLED
+        if future.set_running_or_notify_cancel():
+            future.set_exception(exc)
+            outcome = FAILED
+        with self._lock:
+            self._nworkers -= 1
+            self._threads.discard(thread)
+            self._engine.release(job, outcome)
+            spawn = self._after_retire_locked()
+        if spawn:
+            self._spawn(spawn)
+
+    def _work(self, worker: _Worker, job: Job | None) -> None:
+        lock = self._lock
+        engine = self._engine
+        idle_timeout = self.config.idle_timeout
+        while True:
+            if job is None:
+                woken = worker.wake.acquire(timeout=idle_timeout)
+                with lock:
+                    job = worker.job
+                    worker.job = None
+                    if job is None:
+                        # Timed out, or told to exit by shutdown.
+                        if not woken and worker in self._idle:
+                            self._idle.remove(worker)
+                        self._exit_locked()
+                        return
+                    if not woken:
+                        # Handed a job just as the wait timed out: the
+                        # hand-off released ``wake``; re-arm it.
+                        worker.wake.acquire()
+            outcome, error = self._run(job)
+            with lock:
+                engine.release(job, outcome, error)
+                job = self._take_locked()
+                if engine.ready and (self._idle or self._nworkers < self.config.max_workers):
+                    spawn = self._dispatch_locked()
+                else:
+                    spawn = None
+                if self._room_waiters:
+                    self._room.notify_all()
+                if job is None:
+                    if self._closed and not (engine.pending or engine.running):
+                        self._drained_locked()
+                        self._exit_locked()
+                        return
+                    self._idle.append(worker)
+            if spawn:
+                self._spawn(spawn)
+
+    def _run(self, job: Job) -> tuple[int, BaseException | None]:
+        # Runs outside the lock. Returns the outcome for Engine.release.
+        future = job.future
+        job.future = None  # no reference cycle future -> job -> future
+        fn = job.fn
+        args = job.args
+        kwargs = job.kwargs
+        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        if not future.set_running_or_notify_cancel():
+            return CANCELLED, None
+        if job.error is not None:
+            future.set_exception(job.error)
+            return (TIMED_OUT if isinstance(job.error, StartTimeout) else FAILED), None
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), job.waited)
+        warn = self.config.wait_warning
+        if warn is not None and job.waited >= warn:
+            logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
+        local = self._local
+        local.keys = job.keys
+        try:
+            result = fn(*args, **kwargs)  # type: ignore[misc]
+        except BaseException as exc:
+            future.set_exception(exc)
+            # Drop the frame references the traceback holds (bpo-24676).
+            del future
+            return FAILED, exc
+        else:
+            future.set_result(result)
+            return COMPLETED, None
+        finally:
+            local.keys = None
+
+    def _exit_locked(self) -> None:
+        # Caller holds the lock; the calling worker thread is about to end.
+        self._nworkers -= 1
+        self._threads.discard(threading.current_thread())
+
+    def _drained_locked(self) -> None:
+        # Caller holds the lock; closed and nothing admitted is left. Wake
+        # idle workers so that they exit, and anyone waiting in shutdown.
+        for worker in self._idle:
+            worker.job = None
+            worker.wake.release()
+        self._idle.clear()
+        self._drained.notify_all()
+        self._timer_cond.notify_all()
+
+    # -- cancellation and start deadlines -----------------------------------
+
+    def _on_cancel(self, job: Job) -> None:
+        # Called by KeyedFuture.cancel after the future became CANCELLED.
+        with self._lock:
+            if not self._engine.kill(job, CANCELLED):
+                return  # taken by a worker, which sees the cancel itself
+            job.future = None
+            job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            spawn = self._after_retire_locked()
+        if spawn:
+            self._spawn(spawn)
+
+    def _after_retire_locked(self) -> list[Job] | None:
+        # Caller holds the lock; a job just left the queues.
+        if self._room_waiters:
+            self._room.notify_all()
+        engine = self._engine
+        if self._closed and not (engine.pending or engine.running):
+            self._drained_locked()
+        if engine.ready:
+            return self._dispatch_locked()
+        return None
+
+    def _add_deadline_locked(self, job: Job, deadline: float) -> None:
+        job.deadline = deadline
+        deadlines = self._deadlines
+        # Started jobs at the front are dead weight; trimming them here keeps
+        # the deque about as long as the backlog.
+        while deadlines and deadlines[0].state != QUEUED:
+            deadlines.popleft()
+        deadlines.append(job)
+        if self._timer is None:
+            self._timer = threading.Thread(
+                target=self._expire_loop, name=f"{self._name}_deadlines", daemon=True
+            )
+            self._timer.start()
+        elif len(deadlines) == 1:
+            self._timer_cond.notify()
+
+    def _expire_loop(self) -> None:
+        # One thread per dispatcher with a start_timeout. It fails overdue
+        # jobs even while an earlier job of their key still runs: a stale
+        # order must not fire late. It runs as a daemon: it never runs user
+        # code, and shutdown stops it explicitly.
+        lock = self._lock
+        deadlines = self._deadlines
+        engine = self._engine
+        while True:
+            expired: list[Job] = []
+            with lock:
+                while True:
+                    while deadlines and deadlines[0].state != QUEUED:
+                        deadlines.popleft()
+                    if self._closed and not (engine.pending or engine.running):
+                        self._timer = None
+                        return
+                    if not deadlines:
+                        self._timer_cond.wait()
+                        continue
+                    now = _monotonic()
+                    delay = deadlines[0].deadline - now  # type: ignore[operator]
+                    if delay > 0:
+                        self._timer_cond.wait(delay)
+                        continue
+                    while deadlines and deadlines[0].deadline <= now:  # type: ignore[operator]
+                        job = deadlines.popleft()
+                        if engine.kill(job, TIMED_OUT):
+                            expired.append(job)
+                    break
+                spawn = self._after_retire_locked()
+            if spawn:
+                self._spawn(spawn)
+            for job in expired:
+                self._fail_expired(job)
+
+    def _fail_expired(self, job: Job) -> None:
+        future = job.future
+        job.future = None
+        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        try:
+            future.set_exception(
+                StartTimeout(f"job was not started within start_timeout={self.config.start_timeout}s")
+            )
+        except InvalidStateError:
+            # The caller cancelled it between our kill and now; the kill
+            # already took it out of the queues. Count it as cancelled.
+            with self._lock:
+                self._engine.outcomes[TIMED_OUT] -= 1
+                self._engine.outcomes[CANCELLED] += 1
+
+    # -- exclusive blocks ----------------------------------------------------
+
+    @contextmanager
+    def exclusive(self, keys: Iterable[Hashable], timeout: float | None = 30.0) -> Iterator[None]:
+        """Hold ``keys`` in the calling thread for the duration of the block.
+
+        The migration path from a lock manager: the block is admitted like a
+        job on ``keys``, waits for every earlier job sharing a key to finish,
+        then runs in the calling thread; jobs admitted later on those keys
+        wait until the block exits. It takes no worker thread.
+
+        Args:
+            keys: the keys to hold (a collection, as for submit_multi).
+            timeout: seconds to wait for the turn; None waits for ever.
+
+        Raises:
+            StartTimeout: the turn did not come within ``timeout``; the block
+                gave its place up and did not run.
+            RuntimeError: the calling thread already holds a key of this
+                dispatcher (inside a job or another block). Waiting would
+                deadlock; pass all the keys in one call instead.
+            KeyHalted: a key is halted (``halt_on_error``).
+            DispatcherClosed: the dispatcher shut down before the turn came.
+            ShardsExhausted, SubmitTimeout: as :meth:`submit`.
+        """
+        wanted = normalize_keys(keys)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+            if math.isnan(timeout) or timeout < 0:
+                raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        held = getattr(self._local, "keys", None)
+        if held is not None:
+            raise RuntimeError(
+                f"this thread already holds keys {KeysText(held)} of this dispatcher; waiting for "
+                f"{KeysText(wanted)} here could deadlock. Hold all keys in one exclusive() call."
+            )
+        future: KeyedFuture[None] = self._submit(wanted, None, (), {})
+        try:
+            try:
+                future.result(timeout)
+            except FuturesTimeoutError:
+                if future.cancel():
+                    raise StartTimeout(
+                        f"exclusive({KeysText(wanted)}) did not get its turn within {timeout}s"
+                    ) from None
+                # Resolved just as the wait timed out: granted (the block is
+                # ours) or failed (KeyHalted, raised here).
+                future.result()
+        except CancelledError:
+            raise DispatcherClosed("the dispatcher was shut down before the block's turn came") from None
+        job = future._kd_job
+        assert job is not None
+        waited = job.waited
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("started job for %s (waited %.2fs)", KeysText(wanted), waited)
+        warn = self.config.wait_warning
+        if warn is not None and waited >= warn:
+            logger.warning("job for %s waited %.2fs", KeysText(wanted), waited)
+        self._local.keys = wanted
+        outcome, error = COMPLETED, None
+        try:
+            yield
+        except BaseException as exc:
+            outcome, error = FAILED, exc
+            raise
+        finally:
+            self._local.keys = None
+            with self._lock:
+                self._engine.release(job, outcome, error)
+                spawn = self._after_retire_locked()
+            if spawn:
+                self._spawn(spawn)
+
+    # -- control -----------------------------------------------------------
+
+    def executor(self, key: Hashable) -> KeyExecutor:
+        """Return a ``concurrent.futures.Executor`` whose jobs run on ``key``.
+
+        ``submit`` and ``map`` keep their Executor semantics, ordered on the
+        key; the view works with ``loop.run_in_executor``. Its ``shutdown``
+        closes the view only (later submits raise DispatcherClosed) and, with
+        ``wait``, waits for the jobs submitted through it.
+
+        Raises:
+            TypeError: ``key`` is unhashable.
+        """
+        check_hashable(key)
+        return KeyExecutor(self, key)
+
+    def resume(self, key: Hashable) -> bool:
+        """Lift the halt of ``key`` (``halt_on_error=True``).
+
+        Jobs of the key that start afterwards run normally; jobs that failed
+        with KeyHalted stay failed.
+
+        Returns:
+            True if the key was halted.
+        """
+        check_hashable(key)
+        with self._lock:
+            return self._engine.resume(key)
+
+    def halted_keys(self) -> frozenset[Hashable]:
+        """The keys halted now by a failed job."""
+        with self._lock:
+            return frozenset(self._engine.halted)
+
+    def stats(self) -> DispatcherStats:
+        """Return a consistent snapshot of the dispatcher's state."""
+        with self._lock:
+            engine = self._engine
+            completed, failed, cancelled, timed_out = engine.outcomes
+            return DispatcherStats(
+                max_workers=self.config.max_workers,
+                workers=self._nworkers,
+                idle_workers=len(self._idle),
+                active_shards=len(engine.shards),
+                max_shards=self.config.max_shards,
+                pending=engine.pending,
+                running=engine.running,
+                submitted=engine.submitted,
+                completed=completed,
+                failed=failed,
+                cancelled=cancelled,
+                timed_out=timed_out,
+                halted_keys=len(engine.halted),
+                max_wait_s=engine.max_wait,
+                closed=self._closed,
+            )
+
+    def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
+        """Stop admitting jobs; optionally cancel the queued ones; drain.
+
+        Later ``submit*`` calls raise DispatcherClosed. Admitted jobs still
+        run unless ``cancel_pending`` cancels those not started (their
+        futures are cancelled; ``exclusive`` blocks still waiting raise
+        DispatcherClosed). With ``wait``, returns once every admitted job is
+        retired and the worker threads have exited. Safe to call again.
+
+        Raises:
+            RuntimeError: ``wait=True`` from inside one of this dispatcher's
+                jobs, which would wait for itself.
+        """
+        if wait and getattr(self._local, "keys", None) is not None:
+            raise RuntimeError("shutdown(wait=True) inside a job of this dispatcher would wait for itself")
+        with self._lock:
+            self._closed = True
+            queued = self._engine.queued_jobs() if cancel_pending else []
+            engine = self._engine
+            if not (engine.pending or engine.running):
+                self._drained_locked()
+            # Submitters waiting for room must learn that it will not come.
+            self._room.notify_all()
+        for job in queued:
+            future = job.future
+            if future is not None:
+                future.cancel()
+        if not wait:
+            return
+        with self._lock:
+            while self._engine.pending or self._engine.running:
+                self._drained.wait()
+            threads = list(self._threads)
+            timer = self._timer
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is not current:
+                thread.join()
+        if timer is not None and timer is not current:
+            timer.join()
+
+    def __enter__(self) -> KeyedDispatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.shutdown(wait=True)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<KeyedDispatcher {self._name!r} {state} workers={self._nworkers}/"
+            f"{self.config.max_workers} shards={len(self._engine.shards)}>"
+        )
+
+    def _reset_after_fork(self) -> None:
+        # In a forked child. The parent's threads do not exist here and its
+        # lock may have been held mid-update: start empty, so nothing
+        # admitted in the parent runs twice.
+        self._local = threading.local()
+        self._init_state()
+
+
+class KeyExecutor(Executor):
+    """An Executor view of one key of a KeyedDispatcher (see ``executor``)."""
+
+    def __init__(self, dispatcher: KeyedDispatcher, key: Hashable) -> None:
+        self._dispatcher = dispatcher
+        self._key = key
+        self._lock = threading.Lock()
+        self._closed = False
+        self._futures: set[Future[Any]] = set()
+
+    @property
+    def key(self) -> Hashable:
+        """The key every job of this view runs on."""
+        return self._key
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` on this view's key (see KeyedDispatcher.submit)."""
+        with self._lock:
+            if self._closed:
+                raise DispatcherClosed(f"the executor view of key {self._key} is shut down")
+            future = self._dispatcher.submit(self._key, fn, *args, **kwargs)
+            self._futures.add(future)
+        future.add_done_callback(self._futures.discard)
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Close this view; the dispatcher keeps running.
+
+        Args:
+            wait: wait for the jobs submitted through this view.
+            cancel_futures: cancel those of them not started yet.
+        """
+        with self._lock:
+            self._closed = True
+            futures = list(self._futures)
+        if cancel_futures:
+            for future in futures:
+                future.cancel()
+        if wait:
+            for future in futures:
+                try:
+                    future.exception()
+                except CancelledError:
+                    continue
+
+
+_live_dispatchers: weakref.WeakSet[KeyedDispatcher] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for dispatcher in list(_live_dispatchers):
+        dispatcher._reset_after_fork()
+
+
+def _at_exit() -> None:
+    # Like ThreadPoolExecutor's exit hook: let admitted work finish and the
+    # workers end, instead of idle workers holding the interpreter up for
+    # idle_timeout (they are not daemons, so that a job is never cut off).
+    for dispatcher in list(_live_dispatchers):
+        dispatcher.shutdown(wait=True)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+_register_atexit: Callable[[Callable[[], None]], None] | None = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    # Runs before the interpreter joins non-daemon threads (3.9+).
+    _register_atexit(_at_exit)
+else:  # pragma: no cover - every supported Python has it
+    import atexit
+
+    atexit.register(_at_exit)

@@ -1,0 +1,52 @@
+"""DispatcherStats: a frozen snapshot of a dispatcher's state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["DispatcherStats"]
+
+
+@dataclass(frozen=True)
+class DispatcherStats:
+    """A consistent snapshot, taken under the dispatcher's lock.
+
+    Attributes:
+        max_workers: the bound on workers (threads, or coroutines running at
+            once for the asyncio dispatcher).
+        workers: worker threads alive now (asyncio: jobs running now).
+        idle_workers: of those, waiting for work.
+        active_shards: keys with pending or running work.
+        max_shards: the bound on active shards.
+        pending: admitted jobs not started yet.
+        running: jobs started and not finished, ``exclusive`` blocks included.
+        submitted: jobs admitted since creation.
+        completed: jobs that returned.
+        failed: jobs that raised, or failed with KeyHalted.
+        cancelled: jobs cancelled before they started.
+        timed_out: jobs that failed with StartTimeout.
+        halted_keys: keys halted now (``halt_on_error``).
+        max_wait_s: the longest admission-to-start wait seen, in seconds.
+        closed: shutdown has begun; no more admissions.
+    """
+
+    max_workers: int
+    workers: int
+    idle_workers: int
+    active_shards: int
+    max_shards: int
+    pending: int
+    running: int
+    submitted: int
+    completed: int
+    failed: int
+    cancelled: int
+    timed_out: int
+    halted_keys: int
+    max_wait_s: float
+    closed: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (for JSON endpoints and logs)."""
+        return asdict(self)
