@@ -150,6 +150,9 @@ class KeyedDispatcher:
         self._engine = Engine(halt_on_error=self._halt_on_error)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
+        # Idents of this dispatcher's worker threads: user code running in
+        # one of them is a job (or its done-callback) that holds its keys.
+        self._worker_threads: set[int] = set()
         self._nworkers = 0
         self._spawned = 0
         # Start deadlines in admission order; all jobs share start_timeout,
@@ -301,14 +304,19 @@ class KeyedDispatcher:
         return spawn
 
     def _take_locked(self) -> Job | None:
-        # Caller holds the lock. The next job a worker should run. An
-        # exclusive block (fn is None) is granted here instead: it holds
-        # its keys in the caller's thread and takes no worker.
+        # Caller holds the lock. The next job a worker should run.
+        job = self._engine.take(_monotonic())
+        if job is not None and job.fn is None:
+            return self._grant_locked(job)
+        return job
+
+    def _grant_locked(self, job: Job | None) -> Job | None:
+        # Caller holds the lock; ``job`` was just taken and is an exclusive
+        # block (fn is None). Grant it - it holds its keys in the caller's
+        # thread and takes no worker - and take the next job, until one is
+        # a real job or none is left.
         engine = self._engine
-        while True:
-            job = engine.take(_monotonic())
-            if job is None or job.fn is not None:
-                return job
+        while job is not None and job.fn is None:
             # Nobody but exclusive() sees this future, so resolving it under
             # the lock cannot run user callbacks here. The caller may have
             # cancelled it (its wait timed out) and be queued on our lock in
@@ -321,6 +329,8 @@ class KeyedDispatcher:
                 engine.release(job, FAILED)
             else:
                 future.set_result(None)
+            job = engine.take(_monotonic())
+        return job
 
     def _spawn(self, jobs: list[Job]) -> None:
         # Start one worker thread per job; each was counted in _nworkers by
@@ -358,76 +368,87 @@ class KeyedDispatcher:
             self._spawn(spawn)
 
     def _work(self, worker: _Worker, job: Job | None) -> None:
+        # The worker loop. Hot path: run a job, then one lock acquisition
+        # to retire it and take the next (Engine.finish). User code always
+        # runs outside the lock.
         lock = self._lock
         engine = self._engine
-        idle_timeout = self.config.idle_timeout
-        while True:
-            if job is None:
-                woken = worker.wake.acquire(timeout=idle_timeout)
-                with lock:
-                    job = worker.job
-                    worker.job = None
-                    if job is None:
-                        # Timed out, or told to exit by shutdown.
-                        if not woken and worker in self._idle:
-                            self._idle.remove(worker)
-                        self._exit_locked()
-                        return
-                    if not woken:
-                        # Handed a job just as the wait timed out: the
-                        # hand-off released ``wake``; re-arm it.
-                        worker.wake.acquire()
-            outcome, error = self._run(job)
-            with lock:
-                engine.release(job, outcome, error)
-                job = self._take_locked()
-                if engine.ready and (self._idle or self._nworkers < self.config.max_workers):
-                    spawn = self._dispatch_locked()
-                else:
-                    spawn = None
-                if self._room_waiters:
-                    self._room.notify_all()
-                if job is None:
-                    if self._closed and not (engine.pending or engine.running):
-                        self._drained_locked()
-                        self._exit_locked()
-                        return
-                    self._idle.append(worker)
-            if spawn:
-                self._spawn(spawn)
-
-    def _run(self, job: Job) -> tuple[int, BaseException | None]:
-        # Runs outside the lock. Returns the outcome for Engine.release.
-        future = job.future
-        job.future = None  # no reference cycle future -> job -> future
-        fn = job.fn
-        args = job.args
-        kwargs = job.kwargs
-        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-        if not future.set_running_or_notify_cancel():
-            return CANCELLED, None
-        if job.error is not None:
-            future.set_exception(job.error)
-            return (TIMED_OUT if isinstance(job.error, StartTimeout) else FAILED), None
-        if logger.isEnabledFor(_DEBUG):
-            logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), job.waited)
-        warn = self.config.wait_warning
-        if warn is not None and job.waited >= warn:
-            logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
-        local = self._local
-        local.keys = job.keys
+        finish = engine.finish
+        idle = self._idle
+        config = self.config
+        max_workers = config.max_workers
+        self._worker_threads.add(threading.get_ident())
         try:
-            result = fn(*args, **kwargs)  # type: ignore[misc]
-        except BaseException as exc:
-            future.set_exception(exc)
-            # Drop the frame references the traceback holds (bpo-24676).
-            del future
-            return FAILED, exc
-        else:
-            future.set_result(result)
-            return COMPLETED, None
+            while True:
+                if job is None:
+                    woken = worker.wake.acquire(timeout=config.idle_timeout)
+                    with lock:
+                        job = worker.job
+                        worker.job = None
+                        if job is None:
+                            # Timed out, or told to exit by shutdown.
+                            if not woken and worker in idle:
+                                idle.remove(worker)
+                            self._exit_locked()
+                            return
+                        if not woken:
+                            # Handed a job just as the wait timed out: the
+                            # hand-off released ``wake``; re-arm it.
+                            worker.wake.acquire()
+                # Run it. The future leaves the job first: no reference
+                # cycle future -> job -> future, and fn/args are freed as
+                # soon as the call returns, even if the caller keeps the
+                # future.
+                future = job.future
+                fn = job.fn
+                args = job.args
+                kwargs = job.kwargs
+                job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+                error: BaseException | None = None
+                if not future.set_running_or_notify_cancel():
+                    outcome = CANCELLED
+                elif job.error is not None:
+                    future.set_exception(job.error)
+                    outcome = TIMED_OUT if isinstance(job.error, StartTimeout) else FAILED
+                else:
+                    if logger.isEnabledFor(_DEBUG):
+                        logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), job.waited)
+                    warn = config.wait_warning
+                    if warn is not None and job.waited >= warn:
+                        logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
+                    try:
+                        result = fn(*args, **kwargs)  # type: ignore[misc]
+                    except BaseException as exc:
+                        future.set_exception(exc)
+                        outcome = FAILED
+                        error = exc
+                    else:
+                        future.set_result(result)
+                        outcome = COMPLETED
+                # Drop references before waiting for the next job, so that
+                # an idle worker pins no result, exception or arguments.
+                del future, fn, args, kwargs
+                result = None
+                spawn = None
+                with lock:
+                    job = finish(job, outcome, error, _monotonic())
+                    error = None
+                    if job is not None and job.fn is None:
+                        job = self._grant_locked(job)
+                    if engine.ready and (idle or self._nworkers < max_workers):
+                        spawn = self._dispatch_locked()
+                    if self._room_waiters:
+                        self._room.notify_all()
+                    if job is None:
+                        if self._closed and not (engine.pending or engine.running):
+                            self._drained_locked()
+                            self._exit_locked()
+                            return
+                        idle.append(worker)
+                if spawn:
+                    self._spawn(spawn)
         finally:
-            local.keys = None
+            self._worker_threads.discard(threading.get_ident())
 
     def _exit_locked(self) -> None:
         # Caller holds the lock; the calling worker thread is about to end.
@@ -462,11 +483,12 @@ class KeyedDispatcher:
         if self._room_waiters:
             self._room.notify_all()
         engine = self._engine
+        # Dispatch first: granting a cancelled exclusive block retires it,
+        # which may be what drains the dispatcher.
+        spawn = self._dispatch_locked() if engine.ready else None
         if self._closed and not (engine.pending or engine.running):
             self._drained_locked()
-        if engine.ready:
-            return self._dispatch_locked()
-        return None
+        return spawn
 
     def _add_deadline_locked(self, job: Job, deadline: float) -> None:
         job.deadline = deadline
@@ -566,11 +588,11 @@ class KeyedDispatcher:
                 raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
             if math.isnan(timeout) or timeout < 0:
                 raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        held = getattr(self._local, "keys", None)
-        if held is not None:
+        if self._holds_keys():
             raise RuntimeError(
-                f"this thread already holds keys {KeysText(held)} of this dispatcher; waiting for "
-                f"{KeysText(wanted)} here could deadlock. Hold all keys in one exclusive() call."
+                f"this thread already holds keys of this dispatcher (inside a job or an exclusive "
+                f"block); waiting for {KeysText(wanted)} here could deadlock. Submit a job instead, "
+                f"or hold all the keys in one exclusive() call."
             )
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
@@ -679,7 +701,7 @@ class KeyedDispatcher:
             RuntimeError: ``wait=True`` from inside one of this dispatcher's
                 jobs, which would wait for itself.
         """
-        if wait and getattr(self._local, "keys", None) is not None:
+        if wait and self._holds_keys():
             raise RuntimeError("shutdown(wait=True) inside a job of this dispatcher would wait for itself")
         with self._lock:
             self._closed = True
@@ -706,6 +728,11 @@ class KeyedDispatcher:
                 thread.join()
         if timer is not None and timer is not current:
             timer.join()
+
+    def _holds_keys(self) -> bool:
+        # True in a worker thread (user code there is a job or its
+        # callback) and inside an exclusive block.
+        return threading.get_ident() in self._worker_threads or getattr(self._local, "keys", None) is not None
 
     def __enter__(self) -> KeyedDispatcher:
         return self

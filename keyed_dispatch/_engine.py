@@ -177,21 +177,52 @@ class Engine:
         ready = self.ready
         while ready:
             job = heapq.heappop(ready)
-            if job.state != QUEUED:
-                continue  # killed while runnable: already out of its shards
-            job.state = RUNNING
-            self.pending -= 1
-            self.running += 1
-            job.waited = waited = now - job.admitted
-            self.max_wait = max(self.max_wait, waited)
-            if job.deadline is not None and now > job.deadline:
-                job.error = StartTimeout(
-                    f"job was not started within its start timeout (waited {waited:.3f}s)"
-                )
-            elif self.halted:
-                self._check_halted(job)
-            return job
+            if job.state == QUEUED:
+                return self._start(job, now)
+            # Killed while runnable: already out of its shards.
         return None
+
+    def _start(self, job: Job, now: float) -> Job:
+        job.state = RUNNING
+        self.pending -= 1
+        self.running += 1
+        job.waited = waited = now - job.admitted
+        if waited > self.max_wait:
+            self.max_wait = waited
+        if job.deadline is not None and now > job.deadline:
+            job.error = StartTimeout(f"job was not started within its start timeout (waited {waited:.3f}s)")
+        elif self.halted:
+            self._check_halted(job)
+        return job
+
+    def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
+        """``release(job, ...)`` then ``take(now)``, for a runner that is free.
+
+        The fast path of a key's chain: when the job's successor on its one
+        key becomes runnable and is older than every other runnable job, it
+        is started directly, without a trip through the heap. The choice is
+        the one ``take`` would make.
+        """
+        keys = job.keys
+        if len(keys) != 1 or (outcome == FAILED and self.halt_on_error):
+            self.release(job, outcome, error)
+            return self.take(now)
+        self.running -= 1
+        job.state = DONE
+        self.outcomes[outcome] += 1
+        key = keys[0]
+        shard = self.shards[key]
+        shard.popleft()
+        if not shard:
+            del self.shards[key]
+        else:
+            head = shard[0]
+            ready = self.ready
+            if head.state == QUEUED and head.blockers == 1 and (not ready or head.seq < ready[0].seq):
+                head.blockers = 0
+                return self._start(head, now)
+            self._advance(key, shard)
+        return self.take(now)
 
     def _check_halted(self, job: Job) -> None:
         for key in job.keys:
