@@ -117,7 +117,7 @@ class DispatcherConfig:
         read("max_pending", None, _parse_optional(_parse_int))
         read("wait_warning", None, _parse_optional(_parse_seconds))
         read("idle_timeout", None, _parse_seconds)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
     @classmethod
     def _validate_one(cls, name: str, value: Any) -> None:

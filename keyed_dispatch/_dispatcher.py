@@ -418,7 +418,7 @@ class KeyedDispatcher:
                         logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
-                    except BaseException as exc:
+                    except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
                         future.set_exception(exc)
                         outcome = FAILED
                         error = exc

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._errors import KeyHalted, StartTimeout
 from ._keys import normalize_keys
 
 if TYPE_CHECKING:
@@ -163,8 +164,6 @@ class OrderRecorder:
         KeyHalted, means the job must not have run; any other outcome
         means it ran exactly once.
         """
-        from ._errors import KeyHalted, StartTimeout
-
         if future.cancelled():
             self.expect(wrapped, ran=False)
             return
@@ -206,7 +205,8 @@ class OrderRecorder:
                 if later.starts[0] < earlier.starts[0]:
                     raise AssertionError(
                         f"order inversion on key {key!r}: job {later.job_id} (admitted "
-                        f"#{later.admitted}) started before job {earlier.job_id} (admitted #{earlier.admitted})"
+                        f"#{later.admitted}) started before job {earlier.job_id} "
+                        f"(admitted #{earlier.admitted})"
                     )
                 if later.starts[0] < earlier.ends[0]:
                     raise AssertionError(
