@@ -381,20 +381,31 @@ class KeyedDispatcher:
         try:
             while True:
                 if job is None:
-                    woken = worker.wake.acquire(timeout=config.idle_timeout)
-                    with lock:
+                    if worker.wake.acquire(timeout=config.idle_timeout):
+                        # Whoever released ``wake`` set ``worker.job`` first
+                        # and took us off the idle list, both under the
+                        # lock; the release orders those writes before this
+                        # read, so the hand-off needs no lock here.
                         job = worker.job
                         worker.job = None
-                        if job is None:
-                            # Timed out, or told to exit by shutdown.
-                            if not woken and worker in idle:
-                                idle.remove(worker)
-                            self._exit_locked()
+                        if job is None:  # told to exit by shutdown
+                            with lock:
+                                self._exit_locked()
                             return
-                        if not woken:
-                            # Handed a job just as the wait timed out: the
-                            # hand-off released ``wake``; re-arm it.
-                            worker.wake.acquire()
+                    else:
+                        with lock:
+                            job = worker.job
+                            worker.job = None
+                            if job is None:
+                                # Idle too long (or told to exit by a
+                                # shutdown that already emptied ``idle``).
+                                if worker in idle:
+                                    idle.remove(worker)
+                                self._exit_locked()
+                                return
+                        # Handed a job just as the wait timed out: the
+                        # hand-off released ``wake``; re-arm it.
+                        worker.wake.acquire()
                 # Run it. The future leaves the job first: no reference
                 # cycle future -> job -> future, and fn/args are freed as
                 # soon as the call returns, even if the caller keeps the
