@@ -234,7 +234,7 @@ class KeyedDispatcher:
             engine.admit(job, now)
             if fn is not None and config.start_timeout is not None:
                 self._add_deadline_locked(job, now + config.start_timeout)
-            if engine.ready:
+            if engine.ready or engine.ready_blocks:
                 spawn = self._dispatch_locked()
         if spawn:
             self._spawn(spawn)
@@ -281,6 +281,8 @@ class KeyedDispatcher:
         # jobs that need a new thread (started by the caller, after
         # releasing the lock: starting a thread is slow).
         engine = self._engine
+        if engine.ready_blocks:
+            self._grant_blocks_locked()
         idle = self._idle
         spawn: list[Job] | None = None
         while engine.ready:
@@ -301,14 +303,23 @@ class KeyedDispatcher:
         return spawn
 
     def _take_locked(self) -> Job | None:
-        # Caller holds the lock. The next job a worker should run. An
-        # exclusive block (fn is None) is granted here instead: it holds
-        # its keys in the caller's thread and takes no worker.
+        # Caller holds the lock. The next job a worker should run, after
+        # granting the runnable exclusive blocks.
+        engine = self._engine
+        if engine.ready_blocks:
+            self._grant_blocks_locked()
+        return engine.take(_monotonic())
+
+    def _grant_blocks_locked(self) -> None:
+        # Caller holds the lock. A runnable exclusive block holds its keys in
+        # the caller's thread and takes no worker, so it is granted at once,
+        # even when every worker is busy (it used to queue in ``ready`` for a
+        # worker and could time out on a free key).
         engine = self._engine
         while True:
-            job = engine.take(_monotonic())
-            if job is None or job.fn is not None:
-                return job
+            job = engine.take_block(_monotonic())
+            if job is None:
+                return
             # Nobody but exclusive() sees this future, so resolving it under
             # the lock cannot run user callbacks here. The caller may have
             # cancelled it (its wait timed out) and be queued on our lock in
@@ -464,7 +475,7 @@ class KeyedDispatcher:
         engine = self._engine
         if self._closed and not (engine.pending or engine.running):
             self._drained_locked()
-        if engine.ready:
+        if engine.ready or engine.ready_blocks:
             return self._dispatch_locked()
         return None
 
