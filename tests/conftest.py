@@ -80,7 +80,7 @@ def make_dispatcher(gates: Gates) -> Iterator[MakeDispatcher]:
     created: list[tuple[KeyedDispatcher, str]] = []
 
     def make(max_workers: int | None = 4, **kwargs: Any) -> KeyedDispatcher:
-        name = f"kd-test-{next(_names)}"
+        name = kwargs.pop("name", None) or f"kd-test-{next(_names)}"
         kwargs.setdefault("config", DispatcherConfig())
         dispatcher = KeyedDispatcher(max_workers, name=name, **kwargs)
         created.append((dispatcher, name))
