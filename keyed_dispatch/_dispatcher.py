@@ -473,11 +473,14 @@ class KeyedDispatcher:
         if self._room_waiters:
             self._room.notify_all()
         engine = self._engine
+        spawn: list[Job] | None = None
+        if engine.ready or engine.ready_blocks:
+            spawn = self._dispatch_locked()
+        # Checked after the dispatch: granting a block whose caller has just
+        # cancelled it retires it there, and it may have been the last job.
         if self._closed and not (engine.pending or engine.running):
             self._drained_locked()
-        if engine.ready or engine.ready_blocks:
-            return self._dispatch_locked()
-        return None
+        return spawn
 
     def _add_deadline_locked(self, job: Job, deadline: float) -> None:
         job.deadline = deadline

@@ -7,6 +7,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
@@ -176,3 +177,22 @@ def test_interpreter_exits_cleanly_without_shutdown() -> None:
     # idle_timeout is 300 s: finishing in under a minute means the workers
     # did not idle it out.
     assert elapsed < 60
+
+
+def test_shutdown_wakes_when_a_cancelled_block_is_the_last_job(make_dispatcher: MakeDispatcher) -> None:
+    # The race: a block's exclusive() wait times out and it cancels its
+    # future, but before its _on_cancel gets the lock, the holder of the key
+    # exits and the dispatcher grants the (now cancelled) block, retiring it
+    # as the last job. shutdown(wait=True), already waiting, must wake. The
+    # window is reproduced by cancelling the block's future directly.
+    d = make_dispatcher(2)
+    waiter: threading.Thread | None = None
+    with d.exclusive(["k"]):
+        block = d._submit(("k",), None, (), {})
+        Future.cancel(block)
+        waiter = threading.Thread(target=d.shutdown)
+        waiter.start()
+        wait_until(lambda: d.stats().closed, what="shutdown to begin")
+    waiter.join(timeout=WAIT)
+    assert not waiter.is_alive(), "shutdown(wait=True) missed the drain"
+    assert d.stats().cancelled == 1
