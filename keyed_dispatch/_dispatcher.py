@@ -150,6 +150,9 @@ class KeyedDispatcher:
         self._engine = Engine(halt_on_error=self._halt_on_error)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
+        # Workers that left the pool but may not have ended yet: shutdown
+        # joins them too, so that no thread of ours outlives it.
+        self._exiting: list[threading.Thread] = []
         self._nworkers = 0
         self._spawned = 0
         # Start deadlines in admission order; all jobs share start_timeout,
@@ -339,6 +342,8 @@ class KeyedDispatcher:
         for job in jobs:
             worker = _Worker()
             with self._lock:
+                if self._exiting:
+                    self._exiting = [t for t in self._exiting if t.is_alive()]
                 self._spawned += 1
                 thread = threading.Thread(
                     target=self._work, args=(worker, job), name=f"{self._name}_{self._spawned}"
@@ -443,7 +448,9 @@ class KeyedDispatcher:
     def _exit_locked(self) -> None:
         # Caller holds the lock; the calling worker thread is about to end.
         self._nworkers -= 1
-        self._threads.discard(threading.current_thread())
+        thread = threading.current_thread()
+        self._threads.discard(thread)
+        self._exiting.append(thread)
 
     def _drained_locked(self) -> None:
         # Caller holds the lock; closed and nothing admitted is left. Wake
@@ -513,7 +520,7 @@ class KeyedDispatcher:
                     while deadlines and deadlines[0].state != QUEUED:
                         deadlines.popleft()
                     if self._closed and not (engine.pending or engine.running):
-                        self._timer = None
+                        # ``_timer`` stays set: shutdown joins this thread.
                         return
                     if not deadlines:
                         self._timer_cond.wait()
@@ -712,7 +719,7 @@ class KeyedDispatcher:
         with self._lock:
             while self._engine.pending or self._engine.running:
                 self._drained.wait()
-            threads = list(self._threads)
+            threads = [*self._threads, *self._exiting]
             timer = self._timer
         current = threading.current_thread()
         for thread in threads:

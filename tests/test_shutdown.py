@@ -9,6 +9,7 @@ import threading
 import time
 from concurrent.futures import Future
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -196,3 +197,43 @@ def test_shutdown_wakes_when_a_cancelled_block_is_the_last_job(make_dispatcher: 
     waiter.join(timeout=WAIT)
     assert not waiter.is_alive(), "shutdown(wait=True) missed the drain"
     assert d.stats().cancelled == 1
+
+
+@pytest.mark.parametrize("with_timer", [False, True])
+def test_shutdown_joins_threads_that_already_left_the_pool(
+    make_dispatcher: MakeDispatcher, gates: Gates, monkeypatch: pytest.MonkeyPatch, with_timer: bool
+) -> None:
+    # A worker (or the deadline timer) that has taken itself off the books
+    # is still a live thread until its function returns. shutdown(wait=True)
+    # must join it too. The hold below keeps such threads alive just after
+    # they leave the dispatcher's code.
+    d = make_dispatcher(2, start_timeout=WAIT if with_timer else None)
+    release = gates.new()
+    left = threading.Semaphore(0)
+
+    def held(original: Any) -> Any:
+        def run(*args: Any) -> None:
+            original(*args)
+            left.release()
+            release.wait(WAIT)
+
+        return run
+
+    monkeypatch.setattr(d, "_work", held(d._work))
+    monkeypatch.setattr(d, "_expire_loop", held(d._expire_loop))
+    job_gate = gates.new()
+    d.submit("k", job_gate.wait)
+    d.shutdown(wait=False)
+    # The drain lets the worker and the timer end on their own, before
+    # anyone waits for them.
+    job_gate.set()
+    for _ in range(2 if with_timer else 1):
+        assert left.acquire(timeout=WAIT)
+    stopper = threading.Thread(target=d.shutdown)
+    stopper.start()
+    # The held threads are alive, so shutdown must still be joining them.
+    stopper.join(timeout=0.05)
+    assert stopper.is_alive(), "shutdown(wait=True) returned while a thread it started was alive"
+    release.set()
+    stopper.join(timeout=WAIT)
+    assert not stopper.is_alive()
