@@ -54,7 +54,7 @@ class KeyedFuture(Future[_T]):
 
 
 class _Worker:
-    __slots__ = ("job", "wake")
+    __slots__ = ("holding", "job", "wake")
 
     def __init__(self) -> None:
         # A Lock used as a binary semaphore: released to hand the worker a
@@ -62,6 +62,8 @@ class _Worker:
         self.wake = threading.Lock()
         self.wake.acquire()
         self.job: Job | None = None
+        # The keys of the job running now (for error messages only).
+        self.holding: tuple[Hashable, ...] = ()
 
 
 class KeyedDispatcher:
@@ -152,7 +154,10 @@ class KeyedDispatcher:
         self._threads: set[threading.Thread] = set()
         # Idents of this dispatcher's worker threads: user code running in
         # one of them is a job (or its done-callback) that holds its keys.
-        self._worker_threads: set[int] = set()
+        self._worker_threads: dict[int, _Worker] = {}
+        # Workers that left the pool but may not have ended yet: shutdown
+        # joins them too, so that no thread of ours outlives it.
+        self._exiting: list[threading.Thread] = []
         self._nworkers = 0
         self._spawned = 0
         # Start deadlines in admission order; all jobs share start_timeout,
@@ -237,7 +242,7 @@ class KeyedDispatcher:
             engine.admit(job, now)
             if fn is not None and config.start_timeout is not None:
                 self._add_deadline_locked(job, now + config.start_timeout)
-            if engine.ready:
+            if engine.ready or engine.ready_blocks:
                 spawn = self._dispatch_locked()
         if spawn:
             self._spawn(spawn)
@@ -284,6 +289,8 @@ class KeyedDispatcher:
         # jobs that need a new thread (started by the caller, after
         # releasing the lock: starting a thread is slow).
         engine = self._engine
+        if engine.ready_blocks:
+            self._grant_blocks_locked()
         idle = self._idle
         spawn: list[Job] | None = None
         while engine.ready:
@@ -304,19 +311,23 @@ class KeyedDispatcher:
         return spawn
 
     def _take_locked(self) -> Job | None:
-        # Caller holds the lock. The next job a worker should run.
-        job = self._engine.take(_monotonic())
-        if job is not None and job.fn is None:
-            return self._grant_locked(job)
-        return job
-
-    def _grant_locked(self, job: Job | None) -> Job | None:
-        # Caller holds the lock; ``job`` was just taken and is an exclusive
-        # block (fn is None). Grant it - it holds its keys in the caller's
-        # thread and takes no worker - and take the next job, until one is
-        # a real job or none is left.
+        # Caller holds the lock. The next job a worker should run, after
+        # granting the runnable exclusive blocks.
         engine = self._engine
-        while job is not None and job.fn is None:
+        if engine.ready_blocks:
+            self._grant_blocks_locked()
+        return engine.take(_monotonic())
+
+    def _grant_blocks_locked(self) -> None:
+        # Caller holds the lock. A runnable exclusive block holds its keys in
+        # the caller's thread and takes no worker, so it is granted at once,
+        # even when every worker is busy (it used to queue in ``ready`` for a
+        # worker and could time out on a free key).
+        engine = self._engine
+        while True:
+            job = engine.take_block(_monotonic())
+            if job is None:
+                return
             # Nobody but exclusive() sees this future, so resolving it under
             # the lock cannot run user callbacks here. The caller may have
             # cancelled it (its wait timed out) and be queued on our lock in
@@ -329,8 +340,6 @@ class KeyedDispatcher:
                 engine.release(job, FAILED)
             else:
                 future.set_result(None)
-            job = engine.take(_monotonic())
-        return job
 
     def _spawn(self, jobs: list[Job]) -> None:
         # Start one worker thread per job; each was counted in _nworkers by
@@ -338,6 +347,8 @@ class KeyedDispatcher:
         for job in jobs:
             worker = _Worker()
             with self._lock:
+                if self._exiting:
+                    self._exiting = [t for t in self._exiting if t.is_alive()]
                 self._spawned += 1
                 thread = threading.Thread(
                     target=self._work, args=(worker, job), name=f"{self._name}_{self._spawned}"
@@ -377,7 +388,7 @@ class KeyedDispatcher:
         idle = self._idle
         config = self.config
         max_workers = config.max_workers
-        self._worker_threads.add(threading.get_ident())
+        self._worker_threads[threading.get_ident()] = worker
         try:
             while True:
                 if job is None:
@@ -416,6 +427,7 @@ class KeyedDispatcher:
                 kwargs = job.kwargs
                 job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 error: BaseException | None = None
+                worker.holding = job.keys
                 if not future.set_running_or_notify_cancel():
                     outcome = CANCELLED
                 elif job.error is not None:
@@ -444,8 +456,8 @@ class KeyedDispatcher:
                 with lock:
                     job = finish(job, outcome, error, _monotonic())
                     error = None
-                    if job is not None and job.fn is None:
-                        job = self._grant_locked(job)
+                    if engine.ready_blocks:
+                        self._grant_blocks_locked()
                     if engine.ready and (idle or self._nworkers < max_workers):
                         spawn = self._dispatch_locked()
                     if self._room_waiters:
@@ -459,12 +471,14 @@ class KeyedDispatcher:
                 if spawn:
                     self._spawn(spawn)
         finally:
-            self._worker_threads.discard(threading.get_ident())
+            self._worker_threads.pop(threading.get_ident(), None)
 
     def _exit_locked(self) -> None:
         # Caller holds the lock; the calling worker thread is about to end.
         self._nworkers -= 1
-        self._threads.discard(threading.current_thread())
+        thread = threading.current_thread()
+        self._threads.discard(thread)
+        self._exiting.append(thread)
 
     def _drained_locked(self) -> None:
         # Caller holds the lock; closed and nothing admitted is left. Wake
@@ -494,9 +508,11 @@ class KeyedDispatcher:
         if self._room_waiters:
             self._room.notify_all()
         engine = self._engine
-        # Dispatch first: granting a cancelled exclusive block retires it,
-        # which may be what drains the dispatcher.
-        spawn = self._dispatch_locked() if engine.ready else None
+        spawn: list[Job] | None = None
+        if engine.ready or engine.ready_blocks:
+            spawn = self._dispatch_locked()
+        # Checked after the dispatch: granting a block whose caller has just
+        # cancelled it retires it there, and it may have been the last job.
         if self._closed and not (engine.pending or engine.running):
             self._drained_locked()
         return spawn
@@ -532,7 +548,7 @@ class KeyedDispatcher:
                     while deadlines and deadlines[0].state != QUEUED:
                         deadlines.popleft()
                     if self._closed and not (engine.pending or engine.running):
-                        self._timer = None
+                        # ``_timer`` stays set: shutdown joins this thread.
                         return
                     if not deadlines:
                         self._timer_cond.wait()
@@ -599,11 +615,12 @@ class KeyedDispatcher:
                 raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
             if math.isnan(timeout) or timeout < 0:
                 raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
-        if self._holds_keys():
+        held = self._held_keys()
+        if held is not None:
             raise RuntimeError(
-                f"this thread already holds keys of this dispatcher (inside a job or an exclusive "
-                f"block); waiting for {KeysText(wanted)} here could deadlock. Submit a job instead, "
-                f"or hold all the keys in one exclusive() call."
+                f"this thread already holds keys {KeysText(held)} of this dispatcher (in a job or an "
+                f"exclusive block); waiting for {KeysText(wanted)} here could deadlock. Submit a job "
+                f"instead, or hold all the keys in one exclusive() call."
             )
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
@@ -712,7 +729,7 @@ class KeyedDispatcher:
             RuntimeError: ``wait=True`` from inside one of this dispatcher's
                 jobs, which would wait for itself.
         """
-        if wait and self._holds_keys():
+        if wait and self._held_keys() is not None:
             raise RuntimeError("shutdown(wait=True) inside a job of this dispatcher would wait for itself")
         with self._lock:
             self._closed = True
@@ -731,7 +748,7 @@ class KeyedDispatcher:
         with self._lock:
             while self._engine.pending or self._engine.running:
                 self._drained.wait()
-            threads = list(self._threads)
+            threads = [*self._threads, *self._exiting]
             timer = self._timer
         current = threading.current_thread()
         for thread in threads:
@@ -740,10 +757,15 @@ class KeyedDispatcher:
         if timer is not None and timer is not current:
             timer.join()
 
-    def _holds_keys(self) -> bool:
-        # True in a worker thread (user code there is a job or its
-        # callback) and inside an exclusive block.
-        return threading.get_ident() in self._worker_threads or getattr(self._local, "keys", None) is not None
+    def _held_keys(self) -> tuple[Hashable, ...] | None:
+        # The keys the calling thread holds in this dispatcher, or None: in
+        # a worker thread, user code is a job or its done-callback, which
+        # holds the job's keys; in an exclusive block, the block's keys.
+        worker = self._worker_threads.get(threading.get_ident())
+        if worker is not None:
+            return worker.holding
+        held: tuple[Hashable, ...] | None = getattr(self._local, "keys", None)
+        return held
 
     def __enter__(self) -> KeyedDispatcher:
         return self

@@ -23,7 +23,9 @@ step under the lock, and it may start once it is at the head of all of them.
   always a live job, so an idle key holds nothing.
 
 Runnable jobs wait in ``ready``, a heap ordered by admission sequence: a free
-worker always takes the oldest runnable job. A hot key whose next job is the
+worker always takes the oldest runnable job. Runnable ``exclusive`` blocks
+wait in ``ready_blocks`` instead: they run in their caller's thread, so they
+are granted at once and never wait for a worker. A hot key whose next job is the
 oldest runnable one keeps its worker without a hand-off; once older work of
 other keys is waiting, it goes behind it. That is FIFO fairness across keys,
 and it also serves the critical path: a hot key that falls behind holds the
@@ -116,6 +118,7 @@ class Engine:
         "outcomes",
         "pending",
         "ready",
+        "ready_blocks",
         "running",
         "shards",
         "submitted",
@@ -124,6 +127,9 @@ class Engine:
     def __init__(self, *, halt_on_error: bool) -> None:
         self.shards: dict[Hashable, deque[Job]] = {}
         self.ready: list[Job] = []
+        # Runnable exclusive blocks (fn is None). They run in their caller's
+        # thread, so they must not queue for a worker behind ``ready``.
+        self.ready_blocks: list[Job] = []
         self.next_seq = 0
         self.pending = 0  # live jobs not started
         self.running = 0  # jobs taken and not yet released
@@ -163,7 +169,10 @@ class Engine:
         self.pending += 1
         self.submitted += 1
         if not blockers:
-            heapq.heappush(self.ready, job)
+            if job.fn is None:
+                self.ready_blocks.append(job)
+            else:
+                heapq.heappush(self.ready, job)
 
     # -- start -------------------------------------------------------------
 
@@ -218,11 +227,31 @@ class Engine:
         else:
             head = shard[0]
             ready = self.ready
-            if head.state == QUEUED and head.blockers == 1 and (not ready or head.seq < ready[0].seq):
+            if (
+                head.state == QUEUED
+                and head.blockers == 1
+                and head.fn is not None  # a block goes to ready_blocks
+                and (not ready or head.seq < ready[0].seq)
+            ):
                 head.blockers = 0
                 return self._start(head, now)
             self._advance(key, shard)
         return self.take(now)
+
+    def take_block(self, now: float) -> Job | None:
+        """Pop a runnable exclusive block and mark it running, or return None.
+
+        Blocks need no worker, so a runner grants them as soon as they are
+        runnable, ahead of the jobs in ``ready``. ``error`` is set (KeyHalted)
+        when the block must fail instead of running.
+        """
+        blocks = self.ready_blocks
+        while blocks:
+            job = blocks.pop()
+            if job.state == QUEUED:
+                return self._start(job, now)
+            # Killed while runnable: already out of its shards.
+        return None
 
     def _check_halted(self, job: Job) -> None:
         for key in job.keys:
@@ -291,7 +320,10 @@ class Engine:
                 continue
             head.blockers -= 1
             if not head.blockers:
-                heapq.heappush(self.ready, head)
+                if head.fn is None:
+                    self.ready_blocks.append(head)
+                else:
+                    heapq.heappush(self.ready, head)
             return
         del self.shards[key]
 

@@ -55,15 +55,20 @@ def normalize_keys(keys: Iterable[Hashable]) -> tuple[Hashable, ...]:
             f"keys must be a collection of keys, not a single {type(keys).__name__}; wrap it: [{keys!r}]"
         )
     try:
+        if iter(keys) is keys:
+            # A one-shot iterator: keep its items, so that an unhashable one
+            # can still be named below (it used to be consumed, and the
+            # error claimed an empty key set).
+            keys = list(keys)
         unique = tuple(dict.fromkeys(keys))
     except TypeError:
-        unique = ()
         try:
             items = list(keys)
         except TypeError:
             raise TypeError(f"keys must be an iterable of keys, got {type(keys).__name__}") from None
         for key in items:
             check_hashable(key)
+        raise
     if not unique:
         raise ValueError("a job needs at least one key; got an empty key set")
     return unique

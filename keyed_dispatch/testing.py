@@ -44,7 +44,18 @@ class _Dispatcher(Protocol):
 
 @dataclass
 class RecordedJob:
-    """One job as the recorder saw it. Event stamps are a global sequence."""
+    """One job as the recorder saw it. Event stamps are a global sequence.
+
+    Attributes:
+        job_id: the recorder's number for the job, in wrap order.
+        keys: the job's keys, without duplicates.
+        admitted: the job's rank in admission order, None if not admitted.
+        starts: the stamps at which the job started (one if all is well).
+        ends: the stamps at which the job ended (one if all is well).
+        expect_run: whether the job must have run; None derives it from
+            ``future`` when that is set, and otherwise means "ran if admitted".
+        future: the future :meth:`OrderRecorder.submit` got for the job.
+    """
 
     job_id: int
     keys: tuple[Hashable, ...]
@@ -52,6 +63,7 @@ class RecordedJob:
     starts: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
     expect_run: bool | None = None
+    future: Any = None
 
 
 class OrderRecorder:
@@ -137,16 +149,21 @@ class OrderRecorder:
         """Wrap ``fn``, submit it on ``keys`` and record the admission.
 
         Returns what ``dispatcher.submit_multi`` returned (a future). If the
-        submit raises, the job is recorded as one that must not run.
+        submit raises, the job is recorded as one that must not run. The
+        future is kept: :meth:`check` derives from its outcome whether the
+        job must have run (see :meth:`expect_from_future`), so cancelled and
+        timed-out jobs need no declaration.
         """
         wrapped = self.wrap(keys, fn)
+        record: RecordedJob = wrapped.recorded  # type: ignore[attr-defined]
         with self._admission:
             try:
-                future = dispatcher.submit_multi(wrapped.recorded.keys, wrapped, *args)  # type: ignore[attr-defined]
+                future = dispatcher.submit_multi(record.keys, wrapped, *args)
             except BaseException:
                 self.expect(wrapped, ran=False)
                 raise
             self.admitted(wrapped)
+        record.future = future
         return future
 
     def expect(self, wrapped: Callable[..., Any], *, ran: bool) -> None:
@@ -164,25 +181,30 @@ class OrderRecorder:
         KeyHalted, means the job must not have run; any other outcome
         means it ran exactly once.
         """
-        if future.cancelled():
-            self.expect(wrapped, ran=False)
-            return
-        error = future.exception()
-        self.expect(wrapped, ran=not isinstance(error, (StartTimeout, KeyHalted)))
+        self.expect(wrapped, ran=_ran_by_outcome(future))
 
     def check(self) -> None:
         """Raise AssertionError naming the first violation found, if any.
 
-        Checked: each admitted job expected to run started and ended exactly
-        once, and a job expected not to run never started; jobs sharing a key
-        never overlapped; for every key, each job started only after the
-        previous admitted job of that key (that ran) had ended.
+        Call it once the workload has drained. Checked: a job submitted
+        through :meth:`submit` has a finished future; each admitted job
+        expected to run started and ended exactly once, and a job expected
+        not to run never started; jobs sharing a key never overlapped; for
+        every key, each job started only after the previous admitted job of
+        that key (that ran) had ended.
         """
         with self._lock:
             jobs = list(self.jobs)
         for job in jobs:
             runs = len(job.starts)
-            if job.expect_run is False:
+            expect_run = job.expect_run
+            if expect_run is None and job.future is not None:
+                if not job.future.done():
+                    raise AssertionError(
+                        f"job {job.job_id} on {job.keys} has not finished; check() after the workload drains"
+                    )
+                expect_run = _ran_by_outcome(job.future)
+            if expect_run is False:
                 if runs:
                     raise AssertionError(f"job {job.job_id} on {job.keys} ran but must not have")
                 continue
@@ -192,8 +214,10 @@ class OrderRecorder:
                 continue
             if runs == 0:
                 raise AssertionError(f"job {job.job_id} on {job.keys} was admitted but never ran")
-            if runs > 1 or len(job.ends) != 1:
+            if runs > 1:
                 raise AssertionError(f"job {job.job_id} on {job.keys} ran {runs} times")
+            if not job.ends:
+                raise AssertionError(f"job {job.job_id} on {job.keys} started but never ended")
         by_key: dict[Hashable, list[RecordedJob]] = {}
         for job in jobs:
             if job.admitted is not None and job.starts:
@@ -223,6 +247,16 @@ class OrderRecorder:
 
 def _noop() -> None:
     return None
+
+
+def _ran_by_outcome(future: Any) -> bool:
+    # Cancelled, StartTimeout and KeyHalted mean the job's body never ran;
+    # a result or any other exception means it ran.
+    from ._errors import KeyHalted, StartTimeout
+
+    if future.cancelled():
+        return False
+    return not isinstance(future.exception(), (StartTimeout, KeyHalted))
 
 
 # -- Hypothesis strategies -------------------------------------------------
