@@ -8,6 +8,7 @@ records its start and end in the database (a global sequence), and
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -23,9 +24,11 @@ from typing import Any
 
 import psycopg
 
-from .._keys import webhook_key
+from keyed_dispatch._keys import webhook_key
+
 from ._common import key_text
 from ._dispatcher import PostgresDispatcher
+from ._schema import check_schema_name
 
 __all__ = [
     "BurstReport",
@@ -39,6 +42,9 @@ __all__ = [
     "submit_burst",
 ]
 
+_INSERT_EVENT = "INSERT INTO {s}.burst_events (job_id, attempt, keys, phase, pid) VALUES (%s, %s, %s, %s, %s)"
+_READ_EVENTS = "SELECT id, job_id, attempt, keys, phase, pid FROM {s}.burst_events ORDER BY id"
+
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT", "LTC/USDT")
 
 
@@ -50,7 +56,7 @@ def create_events_table(dsn: str, schema: str) -> None:
     """Create ``{schema}.burst_events``, where :func:`record_webhook` writes."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {schema}.burst_events ("
+            f"CREATE TABLE IF NOT EXISTS {check_schema_name(schema)}.burst_events ("
             " id bigserial PRIMARY KEY, job_id bigint NOT NULL, attempt integer NOT NULL,"
             " keys text[] NOT NULL, phase text NOT NULL, pid integer NOT NULL)"
         )
@@ -68,10 +74,7 @@ def record_webhook(
 
     job = current_job()
     with psycopg.connect(events_dsn, autocommit=True) as conn:
-        insert = (
-            f"INSERT INTO {events_schema}.burst_events (job_id, attempt, keys, phase, pid)"
-            " VALUES (%s, %s, %s, %s, %s)"
-        )
+        insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
         conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "start", os.getpid()))
         if work_s:
             time.sleep(work_s)  # the webhook's own work (exchange round trips)
@@ -94,13 +97,13 @@ class Event:
 def read_events(dsn: str, schema: str) -> list[Event]:
     """All recorded events, in sequence order."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        rows = conn.execute(
-            f"SELECT id, job_id, attempt, keys, phase, pid FROM {schema}.burst_events ORDER BY id"
-        ).fetchall()
+        rows = conn.execute(_READ_EVENTS.format(s=check_schema_name(schema))).fetchall()
     return [Event(r[0], r[1], r[2], tuple(r[3]), r[4], r[5]) for r in rows]
 
 
-def check_events(events: Sequence[Event], submissions: Sequence[Sequence[tuple[int, Sequence[str]]]]) -> list[str]:
+def check_events(
+    events: Sequence[Event], submissions: Sequence[Sequence[tuple[int, Sequence[str]]]]
+) -> list[str]:
     """Return the violations found (empty: all guarantees held).
 
     ``submissions`` holds, per submitting thread or process, its ``(job id,
@@ -133,11 +136,13 @@ def check_events(events: Sequence[Event], submissions: Sequence[Sequence[tuple[i
             for key in keys:
                 by_key[key].append(job_id)
                 if latest.get(key, -1) > job_id:
-                    violations.append(f"submitter {number}: job {job_id} on {key} has a smaller id than its predecessor")
+                    violations.append(
+                        f"submitter {number}: job {job_id} on {key} has a smaller id than its predecessor"
+                    )
                 latest[key] = job_id
     for key, job_ids in by_key.items():
         ordered = sorted(job_ids)
-        for earlier, later in zip(ordered, ordered[1:]):
+        for earlier, later in itertools.pairwise(ordered):
             if earlier in last_end and later in first_start and first_start[later] < last_end[earlier]:
                 violations.append(
                     f"key {key}: job {later} started (event {first_start[later]}) "
@@ -147,14 +152,22 @@ def check_events(events: Sequence[Event], submissions: Sequence[Sequence[tuple[i
 
 
 def submit_burst(
-    dsn: str, schema: str, submitter: int, count: int, keys: int, seed: int, work_s: float, multi: float = 0.2
+    *,
+    dsn: str,
+    schema: str,
+    submitter: int,
+    count: int,
+    keys: int,
+    seed: int,
+    work_s: float,
+    multi: float = 0.2,
 ) -> list[tuple[int, list[str]]]:
     """Submit ``count`` recorded webhooks (some multi-key), wait for all.
 
     Returns ``(job id, keys)`` per job in submission order. Raises the first
     job error, if any.
     """
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311  # a reproducible workload, not a secret
     pool = [webhook_key(1, symbol) for symbol in SYMBOLS[:keys]]
     submitted: list[tuple[int, list[str]]] = []
     futures = []
@@ -187,7 +200,7 @@ def spawn_worker(
     dsn: str, schema: str, *, concurrency: int = 4, lease: float = 30.0, poll_interval: float = 1.0
 ) -> subprocess.Popen[bytes]:
     """Start ``python -m keyed_dispatch worker`` for ``schema`` in a new process."""
-    return subprocess.Popen(
+    return subprocess.Popen(  # noqa: S603  # our own interpreter and options
         [
             sys.executable,
             "-m",
@@ -271,9 +284,11 @@ def run_distributed_burst(
         started = time.monotonic()
         procs = [spawn_worker(url, schema, poll_interval=0.5) for _ in range(workers)]
         try:
-            per = [webhooks // submitters + (1 if n < webhooks % submitters else 0) for n in range(submitters)]
+            per = [
+                webhooks // submitters + (1 if n < webhooks % submitters else 0) for n in range(submitters)
+            ]
             subs = [
-                subprocess.Popen(
+                subprocess.Popen(  # noqa: S603  # our own interpreter and options
                     [
                         sys.executable,
                         "-c",
@@ -298,7 +313,7 @@ def run_distributed_burst(
             submissions: list[list[tuple[int, list[str]]]] = []
             errors = 0
             for sub in subs:
-                out, err = sub.communicate(timeout=300)
+                out, _ = sub.communicate(timeout=300)
                 if sub.returncode:
                     errors += 1
                     submissions.append([])

@@ -24,7 +24,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="libpq connection string or URI (default: $KEYED_DISPATCH_DSN)",
     )
     parser.add_argument("--concurrency", type=int, default=16, help="jobs run at once (default 16)")
-    parser.add_argument("--schema", default="keyed_dispatch", help="the queue's schema (default keyed_dispatch)")
+    parser.add_argument(
+        "--schema", default="keyed_dispatch", help="the queue's schema (default keyed_dispatch)"
+    )
     parser.add_argument(
         "--import",
         dest="imports",
@@ -45,7 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.dsn:
         parser.error("--dsn is required (or set KEYED_DISPATCH_DSN)")
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     from . import DatabaseUnavailable, PostgresDispatcher, run_worker  # noqa: PLC0415  # psycopg on demand
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg
 
-from .._errors import KeyedDispatchError
-from .._keys import WebhookKey, normalize_keys
+from keyed_dispatch._errors import KeyedDispatchError
+from keyed_dispatch._keys import WebhookKey, normalize_keys
 
 __all__ = [
     "DatabaseUnavailable",
@@ -28,7 +28,7 @@ __all__ = [
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
 
-class DatabaseUnavailable(KeyedDispatchError, ConnectionError):
+class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # noqa: N818  # named like the core's errors
     """The database could not be reached (bad DSN, server down, connection lost).
 
     Raised by ``submit*``, ``install_schema`` and ``stats``; a submit that
@@ -36,7 +36,7 @@ class DatabaseUnavailable(KeyedDispatchError, ConnectionError):
     """
 
 
-class JobFailed(KeyedDispatchError, RuntimeError):
+class JobFailed(KeyedDispatchError, RuntimeError):  # noqa: N818  # named like the core's errors
     """A job raised in the worker that ran it; set on the submitter's future.
 
     Attributes:
@@ -94,7 +94,9 @@ def check_function_name(name: object) -> str:
             f"got {type(name).__name__}: {name!r}"
         )
     if not _FUNCTION_NAME.match(name):
-        raise ValueError(f"function must be 'module:function' (e.g. 'myapp.tasks:place_orders'), got {name!r}")
+        raise ValueError(
+            f"function must be 'module:function' (e.g. 'myapp.tasks:place_orders'), got {name!r}"
+        )
     return name
 
 
@@ -111,11 +113,11 @@ def resolve_function(name: str) -> Callable[..., Any]:
         target: Any = importlib.import_module(module_name)
     except ImportError as exc:
         raise ImportError(f"cannot import module {module_name!r} of job function {name!r}: {exc}") from exc
+    missing = object()
     for part in qualname.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ImportError(f"module {module_name!r} has no attribute {qualname!r} (job function {name!r})") from None
+        target = getattr(target, part, missing)
+        if target is missing:
+            raise ImportError(f"module {module_name!r} has no attribute {qualname!r} (job function {name!r})")
     if not callable(target):
         raise TypeError(f"job function {name!r} is not callable: {type(target).__name__}")
     return target  # type: ignore[no-any-return]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -15,8 +16,9 @@ from typing import Any
 
 import psycopg
 
-from .._config import _check_seconds
-from .._errors import DispatcherClosed, StartTimeout, SubmitTimeout
+from keyed_dispatch._config import _check_seconds
+from keyed_dispatch._errors import DispatcherClosed, StartTimeout, SubmitTimeout
+
 from ._common import (
     DatabaseUnavailable,
     JobFailed,
@@ -27,7 +29,7 @@ from ._common import (
     load_json,
     resolve_function,
 )
-from ._schema import SCHEMA_VERSION, check_schema_name, lock_class, migrations
+from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
 
 __all__ = ["PostgresDispatcher", "PostgresFuture", "PostgresStats", "install_schema", "schema_version"]
 
@@ -161,6 +163,7 @@ class PostgresDispatcher:
             raise ValueError("poll_interval must be > 0, got 0")
         self._dsn = dsn
         self._schema = check_schema_name(schema)
+        self._q = Statements(schema)
         self._submit_timeout = submit_timeout
         self._start_timeout = start_timeout
         self._poll_interval = poll_interval
@@ -214,7 +217,11 @@ class PostgresDispatcher:
             if conn is None:
                 conn = self._connect()
             try:
-                rows = conn.execute(query, params).fetchall() if params is not None else conn.execute(query).fetchall()
+                rows = (
+                    conn.execute(query, params).fetchall()
+                    if params is not None
+                    else conn.execute(query).fetchall()
+                )
             except psycopg.errors.QueryCanceled as exc:
                 self._give_back(conn)
                 raise SubmitTimeout(
@@ -260,7 +267,9 @@ class PostgresDispatcher:
             self._after_fork()
             if self._closed:
                 raise DispatcherClosed("the dispatcher is closed")
-        with connect(self._dsn, application_name="keyed_dispatch migrate", timeout=self._submit_timeout) as conn:
+        with connect(
+            self._dsn, application_name="keyed_dispatch migrate", timeout=self._submit_timeout
+        ) as conn:
             return install_schema(conn, self._schema)
 
     # -- submit -------------------------------------------------------------
@@ -288,7 +297,9 @@ class PostgresDispatcher:
         """
         return self._submit((key,), func, args, kwargs)
 
-    def submit_multi(self, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any) -> PostgresFuture:
+    def submit_multi(
+        self, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any
+    ) -> PostgresFuture:
         """Queue one job ordered on several keys; it runs when first on all.
 
         Duplicate keys collapse; an empty key set is a ValueError. Otherwise
@@ -309,7 +320,7 @@ class PostgresDispatcher:
         token = uuid.uuid4()
         started = time.monotonic()
         rows = self._call(
-            f"SELECT {self._schema}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s)",
+            self._q.submit,
             (token, texts, func, args_json, kwargs_json, self._start_timeout),
         )
         job_id = int(rows[0][0])
@@ -323,12 +334,15 @@ class PostgresDispatcher:
                 self._listener.start()
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
-                "submitted job %d on %s (%.1f ms)", job_id, "+".join(texts), (time.monotonic() - started) * 1000
+                "submitted job %d on %s (%.1f ms)",
+                job_id,
+                "+".join(texts),
+                (time.monotonic() - started) * 1000,
             )
         return future
 
     def _cancel(self, job_id: int) -> bool:
-        rows = self._call(f"SELECT {self._schema}.cancel(%s)", (job_id,))
+        rows = self._call(self._q.cancel, (job_id,))
         return bool(rows[0][0])
 
     def _forget(self, job_id: int) -> None:
@@ -348,7 +362,7 @@ class PostgresDispatcher:
             try:
                 if conn is None:
                     conn = connect(self._dsn, application_name="keyed_dispatch results")
-                    conn.execute(f"LISTEN {self._schema}_done")
+                    conn.execute(self._q.listen_done)
                     next_poll = 0.0  # notifications may have been missed meanwhile
                 ids: set[int] = set()
                 for notify in conn.notifies(timeout=wait, stop_after=1):
@@ -362,7 +376,7 @@ class PostgresDispatcher:
                 elif ids:
                     self._poll(ids)
                 failures = 0
-            except (psycopg.Error, DatabaseUnavailable) as exc:
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
                 failures += 1
                 if conn is not None:
                     conn.close()
@@ -385,11 +399,9 @@ class PostgresDispatcher:
             return
         if ids is None and self._start_timeout is not None:
             # Expire overdue jobs even when no worker is alive to do it.
-            self._call(f"SELECT {self._schema}.expire()")
+            self._call(self._q.expire)
         rows = self._call(
-            f"SELECT w.id, j.state, j.result, j.error_type, j.error_message"
-            f" FROM unnest(%s::bigint[]) AS w(id) LEFT JOIN {self._schema}.jobs j ON j.id = w.id"
-            f" WHERE j.id IS NULL OR j.state NOT IN ('queued', 'running')",
+            self._q.results,
             (wanted,),
         )
         for job_id, state, result, error_type, error_message in rows:
@@ -409,7 +421,9 @@ class PostgresDispatcher:
                     future.set_running_or_notify_cancel()
                 else:
                     future.set_exception(
-                        JobFailed(job_id, "JobLost", "the job's row is gone (pruned before its result was read)")
+                        JobFailed(
+                            job_id, "JobLost", "the job's row is gone (pruned before its result was read)"
+                        )
                     )
             except InvalidStateError:
                 pass  # cancelled by its owner in the meantime; nothing to deliver
@@ -422,19 +436,7 @@ class PostgresDispatcher:
         Raises:
             DatabaseUnavailable: the database cannot be reached.
         """
-        s = self._schema
-        rows = self._call(
-            f"""SELECT
-                (SELECT coalesce(json_object_agg(state, n), '{{}}')
-                   FROM (SELECT state, count(*) AS n FROM {s}.jobs GROUP BY state) AS c),
-                (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(submitted_at)), 0)::float8
-                   FROM {s}.jobs WHERE state = 'queued'),
-                (SELECT coalesce(json_agg(json_build_array(key, n)), '[]')
-                   FROM (SELECT key, count(*) AS n FROM {s}.job_keys
-                         GROUP BY key ORDER BY n DESC, key LIMIT 10) AS h),
-                (SELECT count(DISTINCT worker) FROM {s}.jobs WHERE state = 'running'),
-                (SELECT max(version) FROM {s}.migrations)"""
-        )
+        rows = self._call(self._q.stats)
         counts, oldest, hottest, workers, version = rows[0]
         with self._lock:
             awaiting = len(self._futures)
@@ -473,12 +475,12 @@ class PostgresDispatcher:
         for conn in idle:
             conn.close()
         for job_id, future in futures.items():
-            try:
+            with contextlib.suppress(InvalidStateError):  # resolved at the same moment
                 future.set_exception(
-                    DispatcherClosed(f"dispatcher closed before job {job_id} finished; it is still in the queue")
+                    DispatcherClosed(
+                        f"dispatcher closed before job {job_id} finished; it is still in the queue"
+                    )
                 )
-            except InvalidStateError:
-                pass  # resolved at the same moment
 
     def __enter__(self) -> PostgresDispatcher:
         return self
@@ -492,15 +494,12 @@ def install_schema(conn: psycopg.Connection[Any], schema: str) -> int:
 
     ``conn`` must be in autocommit mode; the migrations run in one transaction.
     """
-    check_schema_name(schema)
+    q = Statements(schema)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (lock_class(schema),))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {schema}.migrations"
-            " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        applied = {row[0] for row in conn.execute(f"SELECT version FROM {schema}.migrations")}
+        conn.execute(q.create_schema)
+        conn.execute(q.create_migrations)
+        applied = {row[0] for row in conn.execute(q.applied)}
         if applied and max(applied) > SCHEMA_VERSION:
             raise RuntimeError(
                 f"schema {schema} is at version {max(applied)}, newer than this keyed_dispatch "
@@ -508,8 +507,8 @@ def install_schema(conn: psycopg.Connection[Any], schema: str) -> int:
             )
         for version, sql in migrations(schema):
             if version not in applied:
-                conn.execute(sql)  # type: ignore[arg-type]  # trusted text: no parameters
-                conn.execute(f"INSERT INTO {schema}.migrations (version) VALUES (%s)", (version,))
+                conn.execute(sql)  # trusted text, no parameters
+                conn.execute(q.record_migration, (version,))
                 logger.info("applied keyed_dispatch schema migration %d to %s", version, schema)
     return SCHEMA_VERSION
 
@@ -517,7 +516,7 @@ def install_schema(conn: psycopg.Connection[Any], schema: str) -> int:
 def schema_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     """The installed version of ``schema``, None if it is not installed."""
     try:
-        row = conn.execute(f"SELECT max(version) FROM {check_schema_name(schema)}.migrations").fetchone()
+        row = conn.execute(Statements(schema).version).fetchone()
     except psycopg.errors.UndefinedTable:
         return None
     return None if row is None or row[0] is None else int(row[0])

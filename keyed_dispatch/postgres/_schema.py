@@ -342,3 +342,67 @@ def migrations(schema: str) -> list[tuple[int, str]]:
     check_schema_name(schema)
     lock = lock_class(schema)
     return [(version, sql.format(s=schema, lock=lock)) for version, sql in MIGRATIONS]
+
+
+# The statements the Python side sends; ``{s}`` is the (validated) schema.
+_STATEMENTS = {
+    "submit": "SELECT {s}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s)",
+    "cancel": "SELECT {s}.cancel(%s)",
+    "expire": "SELECT {s}.expire()",
+    "claim": "SELECT * FROM {s}.claim(%s, %s, %s)",
+    "finish": "SELECT {s}.finish(%s, %s, %s, %s::jsonb, %s, %s)",
+    "heartbeat": "SELECT {s}.heartbeat(%s, %s, %s, %s)",
+    "maintain": "SELECT {s}.recover(), {s}.expire(), {s}.prune(%s)",
+    "listen_ready": "LISTEN {s}_ready",
+    "listen_done": "LISTEN {s}_done",
+    "results": (
+        "SELECT w.id, j.state, j.result, j.error_type, j.error_message"
+        " FROM unnest(%s::bigint[]) AS w(id) LEFT JOIN {s}.jobs j ON j.id = w.id"
+        " WHERE j.id IS NULL OR j.state NOT IN ('queued', 'running')"
+    ),
+    "stats": """SELECT
+        (SELECT coalesce(json_object_agg(state, n), '{{}}')
+           FROM (SELECT state, count(*) AS n FROM {s}.jobs GROUP BY state) AS c),
+        (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(submitted_at)), 0)::float8
+           FROM {s}.jobs WHERE state = 'queued'),
+        (SELECT coalesce(json_agg(json_build_array(key, n)), '[]')
+           FROM (SELECT key, count(*) AS n FROM {s}.job_keys
+                 GROUP BY key ORDER BY n DESC, key LIMIT 10) AS h),
+        (SELECT count(DISTINCT worker) FROM {s}.jobs WHERE state = 'running'),
+        (SELECT max(version) FROM {s}.migrations)""",
+    "version": "SELECT max(version) FROM {s}.migrations",
+    "create_schema": "CREATE SCHEMA IF NOT EXISTS {s}",
+    "create_migrations": (
+        "CREATE TABLE IF NOT EXISTS {s}.migrations"
+        " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    ),
+    "applied": "SELECT version FROM {s}.migrations",
+    "record_migration": "INSERT INTO {s}.migrations (version) VALUES (%s)",
+}
+
+
+class Statements:
+    """The SQL statements for one schema, as attributes (``q.submit``, ...)."""
+
+    def __init__(self, schema: str) -> None:
+        check_schema_name(schema)
+        self.schema = schema
+        for name, template in _STATEMENTS.items():
+            setattr(self, name, template.format(s=schema))
+
+    submit: str
+    cancel: str
+    expire: str
+    claim: str
+    finish: str
+    heartbeat: str
+    maintain: str
+    listen_ready: str
+    listen_done: str
+    results: str
+    stats: str
+    version: str
+    create_schema: str
+    create_migrations: str
+    applied: str
+    record_migration: str

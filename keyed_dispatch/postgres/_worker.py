@@ -18,10 +18,11 @@ from typing import Any
 
 import psycopg
 
-from .._config import _check_seconds
+from keyed_dispatch._config import _check_seconds
+
 from ._common import DatabaseUnavailable, connect, dump_json, load_json, resolve_function
 from ._dispatcher import schema_version
-from ._schema import SCHEMA_VERSION, check_schema_name
+from ._schema import SCHEMA_VERSION, Statements, check_schema_name
 
 __all__ = ["JobContext", "current_job", "run_worker"]
 
@@ -163,6 +164,19 @@ def run_worker(
 _worker_numbers = itertools.count(1)
 
 
+def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
+    version = schema_version(conn, schema)
+    if version is None:
+        raise RuntimeError(
+            f"keyed_dispatch schema {schema!r} is not installed; "
+            "call PostgresDispatcher(dsn).install_schema() once"
+        )
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"schema {schema} is at version {version}, newer than this worker ({SCHEMA_VERSION})"
+        )
+
+
 class _Worker:
     """One worker: a main loop owning one connection, a listener, a pool."""
 
@@ -182,6 +196,7 @@ class _Worker:
     ) -> None:
         self.dsn = dsn
         self.schema = schema
+        self.q = Statements(schema)
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
@@ -198,23 +213,13 @@ class _Worker:
     # -- main loop ------------------------------------------------------------
 
     def run(self) -> int:
-        conn: psycopg.Connection[Any] | None = connect(
-            self.dsn, application_name=f"keyed_dispatch worker {self.name}"
-        )
+        first = connect(self.dsn, application_name=f"keyed_dispatch worker {self.name}")
         try:
-            version = schema_version(conn, self.schema)
-            if version is None:
-                raise RuntimeError(
-                    f"keyed_dispatch schema {self.schema!r} is not installed; "
-                    "call PostgresDispatcher(dsn).install_schema() once"
-                )
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"schema {self.schema} is at version {version}, newer than this worker ({SCHEMA_VERSION})"
-                )
+            _check_version(first, self.schema)
         except BaseException:
-            conn.close()
+            first.close()
             raise
+        conn: psycopg.Connection[Any] | None = first
         listen_stop = threading.Event()
         listener = threading.Thread(
             target=self._listen, args=(listen_stop,), name="keyed-dispatch-wakeups", daemon=True
@@ -234,11 +239,8 @@ class _Worker:
                     if conn is None:
                         conn = connect(self.dsn, application_name=f"keyed_dispatch worker {self.name}")
                         logger.info("worker %s reconnected", self.name)
-                    while True:
-                        try:
-                            unrecorded.append(self.done.get_nowait())
-                        except queue.Empty:
-                            break
+                    while not self.done.empty():  # the only consumer: get() cannot block
+                        unrecorded.append(self.done.get())
                     while unrecorded:
                         self._record(conn, unrecorded[0])
                         del running[unrecorded.pop(0)[0].job_id]
@@ -293,12 +295,12 @@ class _Worker:
             try:
                 if conn is None:
                     conn = connect(self.dsn, application_name=f"keyed_dispatch listener {self.name}")
-                    conn.execute(f"LISTEN {self.schema}_ready")
+                    conn.execute(self.q.listen_ready)
                     self.wake.set()  # work may have become ready while disconnected
                 for _ in conn.notifies(timeout=0.2, stop_after=1):
                     self.wake.set()
                 failures = 0
-            except (psycopg.Error, DatabaseUnavailable) as exc:
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
                 failures += 1
                 if conn is not None:
                     conn.close()
@@ -311,11 +313,17 @@ class _Worker:
     # -- database steps -------------------------------------------------------
 
     def _claim(self, conn: psycopg.Connection[Any], limit: int) -> list[_Claimed]:
-        rows = conn.execute(
-            f"SELECT * FROM {self.schema}.claim(%s, %s, %s)", (self.name, limit, self.lease)
-        ).fetchall()
+        rows = conn.execute(self.q.claim, (self.name, limit, self.lease)).fetchall()
         claimed = [
-            _Claimed(int(job_id), int(attempt), tuple(keys), func, load_json(args), load_json(kwargs), float(waited))
+            _Claimed(
+                int(job_id),
+                int(attempt),
+                tuple(keys),
+                func,
+                load_json(args),
+                load_json(kwargs),
+                float(waited),
+            )
             for job_id, attempt, keys, func, args, kwargs, waited in rows
         ]
         for job in claimed:
@@ -334,7 +342,7 @@ class _Worker:
     def _record(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
         job, state, result, error_type, error_message = outcome
         row = conn.execute(
-            f"SELECT {self.schema}.finish(%s, %s, %s, %s::jsonb, %s, %s)",
+            self.q.finish,
             (job.job_id, job.attempt, state, result, error_type, error_message),
         ).fetchone()
         if row is None or not row[0]:
@@ -349,7 +357,7 @@ class _Worker:
     def _heartbeat(self, conn: psycopg.Connection[Any], running: dict[int, _Claimed]) -> None:
         jobs = list(running.values())
         rows = conn.execute(
-            f"SELECT {self.schema}.heartbeat(%s, %s, %s, %s)",
+            self.q.heartbeat,
             (self.name, [job.job_id for job in jobs], [job.attempt for job in jobs], self.lease),
         ).fetchall()
         kept = {row[0] for row in rows}
@@ -364,11 +372,13 @@ class _Worker:
 
     def _maintain(self, conn: psycopg.Connection[Any]) -> None:
         recovered, expired, pruned = conn.execute(
-            f"SELECT {self.schema}.recover(), {self.schema}.expire(), {self.schema}.prune(%s)",
+            self.q.maintain,
             (self.retention,),
         ).fetchone() or (0, 0, 0)
         if recovered:
-            logger.warning("worker %s: %d job(s) lost their worker's lease; queued again", self.name, recovered)
+            logger.warning(
+                "worker %s: %d job(s) lost their worker's lease; queued again", self.name, recovered
+            )
         if expired:
             logger.info("worker %s: %d job(s) expired before they started", self.name, expired)
         if pruned:
@@ -387,7 +397,11 @@ class _Worker:
             outcome: _Outcome = (job, "completed", dump_json(value, f"result of {job.func}"), None, None)
         except Exception as exc:  # noqa: BLE001  # the job's error goes to its submitter
             kind = type(exc)
-            qualname = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+            qualname = (
+                kind.__qualname__
+                if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}"
+            )
             logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, exc)
             outcome = (job, "failed", None, qualname, str(exc))
         finally:
