@@ -63,23 +63,32 @@ def create_events_table(dsn: str, schema: str) -> None:
 
 
 def record_webhook(
-    submitter: int, seq: int, *, events_dsn: str, events_schema: str, work_s: float = 0.0
+    submitter: int,
+    seq: int,
+    *,
+    events_dsn: str,
+    events_schema: str,
+    work_s: float = 0.0,
+    first_attempt_s: float = 0.0,
 ) -> dict[str, int]:
     """Apply one webhook: record its start, work ``work_s`` seconds, record its end.
 
     Each event is committed before the next step, and event ids come from one
     sequence, so the events order the jobs of every process on one clock.
+    ``first_attempt_s`` adds work to the first attempt only: a job whose
+    worker is killed or frozen meanwhile, and whose re-run is quick.
     """
     from ._worker import current_job  # noqa: PLC0415  # import cycle
 
     job = current_job()
+    insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
     with psycopg.connect(events_dsn, autocommit=True) as conn:
-        insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
         conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "start", os.getpid()))
-        if work_s:
-            time.sleep(work_s)  # the webhook's own work (exchange round trips)
+        work = work_s + (first_attempt_s if job.attempt == 1 else 0.0)
+        if work:
+            time.sleep(work)  # the webhook's own work (exchange round trips)
         conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "end", os.getpid()))
-    return {"submitter": submitter, "seq": seq, "pid": os.getpid()}
+    return {"submitter": submitter, "seq": seq, "pid": os.getpid(), "attempt": job.attempt}
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,6 @@ def resolve_function(name: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not valid JSON")
-
-
 def dump_json(value: Any, what: str) -> str:
     """``value`` as strict JSON text (no NaN, no Infinity, no custom types).
 
@@ -137,13 +133,6 @@ def dump_json(value: Any, what: str) -> str:
         return json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
-
-
-def load_json(text: Any) -> Any:
-    """A jsonb value as psycopg returns it (already decoded) or JSON text."""
-    if isinstance(text, str):
-        return json.loads(text, parse_constant=_reject_constant)
-    return text
 
 
 def connect(dsn: str, *, application_name: str, timeout: float | None = None) -> psycopg.Connection[Any]:

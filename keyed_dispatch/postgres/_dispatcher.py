@@ -26,7 +26,6 @@ from ._common import (
     connect,
     dump_json,
     keys_text,
-    load_json,
     resolve_function,
 )
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
@@ -205,9 +204,10 @@ class PostgresDispatcher:
         """Run one statement (one transaction) on a pooled connection.
 
         A reused connection found dead (server restart, terminated backend)
-        is replaced once; every statement sent here is safe to repeat.
+        is replaced; every statement sent here is safe to repeat (a submit
+        carries a token, so a repeated one returns the first one's job).
         """
-        for attempt in (0, 1):
+        while True:
             with self._lock:
                 self._after_fork()
                 if self._closed:
@@ -229,7 +229,7 @@ class PostgresDispatcher:
                 ) from exc
             except psycopg.OperationalError as exc:
                 conn.close()
-                if reused and attempt == 0:
+                if reused:  # the idle pool is bounded, so this ends on a fresh connection
                     logger.info("replacing a dead database connection: %s", exc)
                     continue
                 raise DatabaseUnavailable(f"lost the connection to PostgreSQL: {exc}") from exc
@@ -238,7 +238,6 @@ class PostgresDispatcher:
                 raise
             self._give_back(conn)
             return rows
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _give_back(self, conn: psycopg.Connection[Any]) -> None:
         with self._lock:
@@ -385,6 +384,9 @@ class PostgresDispatcher:
                 stop.wait(min(2.0, 0.05 * 2**failures))
             except DispatcherClosed:
                 break
+            except Exception:  # noqa: BLE001  # keep resolving futures whatever one poll hit
+                logger.exception("result listener error; retrying")
+                stop.wait(1.0)
         if conn is not None:
             conn.close()
 
@@ -411,7 +413,7 @@ class PostgresDispatcher:
                 continue
             try:
                 if state == "completed":
-                    future.set_result(load_json(result))
+                    future.set_result(result)
                 elif state == "failed":
                     future.set_exception(JobFailed(job_id, error_type, error_message))
                 elif state == "expired":

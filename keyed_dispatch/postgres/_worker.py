@@ -20,7 +20,7 @@ import psycopg
 
 from keyed_dispatch._config import _check_seconds
 
-from ._common import DatabaseUnavailable, connect, dump_json, load_json, resolve_function
+from ._common import DatabaseUnavailable, connect, dump_json, resolve_function
 from ._dispatcher import schema_version
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name
 
@@ -320,8 +320,8 @@ class _Worker:
                 int(attempt),
                 tuple(keys),
                 func,
-                load_json(args),
-                load_json(kwargs),
+                args,
+                kwargs,
                 float(waited),
             )
             for job_id, attempt, keys, func, args, kwargs, waited in rows
