@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -54,28 +55,18 @@ def pg_worker(pg_dsn: str, pg_schema: str) -> Iterator[WorkerFactory]:
     """
     from keyed_dispatch.postgres import run_worker
 
-    threads: list[tuple[threading.Thread, threading.Event]] = []
-    errors: list[BaseException] = []
+    pool = ThreadPoolExecutor(thread_name_prefix="test-worker")
+    running: list[tuple[Future[int], threading.Event]] = []
 
     def start(**options: Any) -> threading.Event:
         stop = threading.Event()
         options = {"concurrency": 4, "poll_interval": 0.2, "lease": 5.0, **options}
-
-        def body() -> None:
-            try:
-                run_worker(pg_dsn, schema=pg_schema, stop=stop, **options)
-            except BaseException as exc:  # reported at teardown
-                errors.append(exc)
-
-        thread = threading.Thread(target=body, name="test-worker")
-        thread.start()
-        threads.append((thread, stop))
+        running.append((pool.submit(run_worker, pg_dsn, schema=pg_schema, stop=stop, **options), stop))
         return stop
 
     yield start
-    for _, stop in threads:
+    for _, stop in running:
         stop.set()
-    for thread, _ in threads:
-        thread.join(30)
-        assert not thread.is_alive(), "worker did not stop"
-    assert not errors, errors
+    for future, _ in running:
+        future.result(30)  # re-raises what a worker raised
+    pool.shutdown()

@@ -1,13 +1,17 @@
 """PostgresDispatcher against a real server, with in-process workers."""
 
+# ruff: noqa: S603, S608  # the tests run our own interpreter and build SQL from test schema names
+
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import CancelledError
 
@@ -28,7 +32,7 @@ from keyed_dispatch.postgres import (  # noqa: E402
     key_text,
     run_worker,
 )
-from keyed_dispatch.postgres._burst import check_events, create_events_table, read_events  # noqa: E402
+from keyed_dispatch.postgres._burst import check_events, create_events_table, read_events, submit_burst  # noqa: E402
 from keyed_dispatch.postgres._cli import main as worker_main  # noqa: E402
 from keyed_dispatch.postgres._schema import check_schema_name, lock_class  # noqa: E402
 
@@ -143,8 +147,11 @@ def test_the_database_itself_forbids_two_running_jobs_on_a_key(pg_dsn: str, pg_s
 # -- submit, run, results ---------------------------------------------------
 
 
-def test_results_and_errors_reach_the_future(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
-    pg_worker()
+def test_results_and_errors_reach_the_future(
+    pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="keyed_dispatch")
+    pg_worker(wait_warning=None)
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
         ok = d.submit(webhook_key(1, "BTC/USDT"), "pg_tasks:echo", 1, (2, 3), side="buy")
         failed = d.submit("k", "pg_tasks:boom", "exchange said no")
@@ -167,6 +174,45 @@ def test_results_and_errors_reach_the_future(pg_dsn: str, pg_schema: str, pg_wor
         wait_until(lambda: d.stats().completed == 2)
         stats = d.stats()
         assert (stats.completed, stats.failed, stats.queued, stats.running, stats.awaiting) == (2, 2, 0, 0, 0)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any(m.startswith(f"submitted job {ok.job_id} on strategy_1_symbol_BTC/USDT") for m in messages)
+    assert any(
+        m.startswith(f"started job {ok.job_id} for strategy_1_symbol_BTC/USDT (waited") for m in messages
+    )
+
+
+def test_a_long_wait_is_logged_at_warning(
+    pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
+        future = d.submit(webhook_key(2, "ETH/USDT"), "pg_tasks:echo")
+        pg_worker(wait_warning=0.0)
+        future.result(20)
+    assert any(
+        record.levelno == logging.WARNING
+        and record.getMessage().startswith("job for strategy_2_symbol_ETH/USDT waited")
+        for record in caplog.records
+    )
+
+
+def test_futures_follow_changes_made_elsewhere(pg_dsn: str, pg_schema: str) -> None:
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.1, max_connections=1) as d:
+        cancelled = d.submit("k", "pg_tasks:echo")
+        pruned = d.submit("j", "pg_tasks:echo")
+        assert sql(pg_dsn, f"SELECT {pg_schema}.cancel(%s)", (cancelled.job_id,)) == [(True,)]
+        with pytest.raises(CancelledError):
+            cancelled.result(20)
+        sql(pg_dsn, f"DELETE FROM {pg_schema}.jobs WHERE id = %s", (pruned.job_id,))
+        error = pruned.exception(20)
+        assert isinstance(error, JobFailed)
+        assert error.error_type == "JobLost"
+        # Submits from many threads share the (here: one) idle connection.
+        threads = [threading.Thread(target=d.submit, args=("k", "pg_tasks:echo")) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert d.stats().queued == 4
 
 
 @pytest.mark.parametrize(
@@ -182,6 +228,7 @@ def test_results_and_errors_reach_the_future(pg_dsn: str, pg_schema: str, pg_wor
     ],
 )
 def test_bad_jobs_are_refused_at_submit_and_nothing_is_written(
+    *,
     pg_dsn: str,
     pg_schema: str,
     func: str,
@@ -216,34 +263,32 @@ def test_a_function_workers_cannot_import_fails_its_job_and_the_key_moves_on(
         assert after.result(20) == {"args": ["next"], "kwargs": {}}
 
 
-def test_order_and_exclusion_with_multi_key_jobs(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
+def test_order_and_exclusion_with_multi_key_jobs(
+    pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory
+) -> None:
     create_events_table(pg_dsn, pg_schema)
     pg_worker(concurrency=4)
     pg_worker(concurrency=4)
-    keys = ["a", "b", "c", "d"]
     submissions: list[list[tuple[int, list[str]]]] = [[], []]
 
     def submitter(number: int) -> None:
-        with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-            futures = []
-            for seq in range(40):
-                chosen = [keys[(seq * 7 + number) % 4]]
-                if seq % 5 == 0:
-                    chosen.append(keys[(seq + number + 1) % 4])
-                chosen = list(dict.fromkeys(chosen))
-                future = d.submit_multi(
-                    chosen, RECORD, number, seq, events_dsn=pg_dsn, events_schema=pg_schema, work_s=0.001
-                )
-                submissions[number].append((future.job_id, chosen))
-                futures.append(future)
-            for future in futures:
-                assert future.result(30)["seq"] >= 0
+        submissions[number] = submit_burst(
+            dsn=pg_dsn,
+            schema=pg_schema,
+            submitter=number,
+            count=40,
+            keys=4,
+            seed=number,
+            work_s=0.001,
+            multi=0.3,
+        )
 
     threads = [threading.Thread(target=submitter, args=(n,)) for n in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert any(len(keys) == 2 for jobs in submissions for _, keys in jobs)
     events = read_events(pg_dsn, pg_schema)
     assert len(events) == 160
     assert check_events(events, submissions) == []
@@ -298,7 +343,9 @@ def test_expiry_needs_no_worker(pg_dsn: str, pg_schema: str) -> None:
             future.result(20)
 
 
-def test_cancel_a_queued_job_and_not_a_running_one(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
+def test_cancel_a_queued_job_and_not_a_running_one(
+    pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory
+) -> None:
     name = f"cancel-{pg_schema}"
     pg_tasks.gates[name] = threading.Event()
     pg_tasks.started[name] = threading.Event()
@@ -438,12 +485,24 @@ def test_prune_removes_finished_rows_after_retention(
 def test_worker_cli_in_burst_mode(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
         futures = [d.submit(f"k{n % 2}", "pg_tasks:echo", n) for n in range(6)]
-        argv = ["--dsn", pg_dsn, "--schema", pg_schema, "--burst", "--concurrency", "2", "--import", "pg_tasks"]
+        argv = [
+            "--dsn",
+            pg_dsn,
+            "--schema",
+            pg_schema,
+            "--burst",
+            "--concurrency",
+            "2",
+            "--import",
+            "pg_tasks",
+        ]
         assert worker_main([*argv, "--install-schema", "--log-level", "WARNING"]) == 0
         assert [future.result(20)["args"] for future in futures] == [[n] for n in range(6)]
 
 
-def test_worker_cli_requires_a_dsn(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_worker_cli_requires_a_dsn(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("KEYED_DISPATCH_DSN", raising=False)
     with pytest.raises(SystemExit):
         worker_main([])
@@ -455,7 +514,11 @@ def test_dispatcher_survives_fork(pg_dsn: str, pg_schema: str, pg_worker: Worker
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
         assert d.submit("k", "pg_tasks:echo", "parent").result(20)["args"] == ["parent"]
         read, write = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():
+            # Python 3.12+ warns about fork with threads running: that is the
+            # gunicorn --preload situation this test is about.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
         if pid == 0:  # pragma: no cover  # the child reports through its exit status
             status = 1
             try:

@@ -252,7 +252,9 @@ class BurstReport:
         errors: job or submit errors.
         violations: order/exclusion/loss violations found (empty is good).
         seconds: wall time of the burst (workers started to last result).
-        workers: worker processes, and the processes that actually ran jobs.
+        workers: worker processes started.
+        worker_pids: the processes that actually ran jobs.
+        multi_key_jobs: jobs submitted on more than one key.
     """
 
     submitted: int
@@ -262,6 +264,7 @@ class BurstReport:
     seconds: float
     workers: int
     worker_pids: frozenset[int] = field(default_factory=frozenset)
+    multi_key_jobs: int = 0
 
     @property
     def ok(self) -> bool:
@@ -347,4 +350,5 @@ def run_distributed_burst(
         seconds=seconds,
         workers=workers,
         worker_pids=frozenset(event.pid for event in events),
+        multi_key_jobs=sum(1 for jobs in submissions for _, keys_ in jobs if len(keys_) > 1),
     )

@@ -384,7 +384,7 @@ class PostgresDispatcher:
                 stop.wait(min(2.0, 0.05 * 2**failures))
             except DispatcherClosed:
                 break
-            except Exception:  # noqa: BLE001  # keep resolving futures whatever one poll hit
+            except Exception:  # keep resolving futures whatever one poll hit
                 logger.exception("result listener error; retrying")
                 stop.wait(1.0)
         if conn is not None:
