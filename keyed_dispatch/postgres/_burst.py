@@ -38,6 +38,7 @@ __all__ = [
     "read_events",
     "record_webhook",
     "run_distributed_burst",
+    "sleep",
     "spawn_worker",
     "submit_burst",
 ]
@@ -50,6 +51,11 @@ SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USD
 
 def noop(*args: Any, **kwargs: Any) -> None:
     """A job that does nothing (benchmarks measure the queue, not the work)."""
+
+
+def sleep(seconds: float) -> None:
+    """A job that waits ``seconds`` (stands for I/O such as exchange calls)."""
+    time.sleep(seconds)
 
 
 def create_events_table(dsn: str, schema: str) -> None:
