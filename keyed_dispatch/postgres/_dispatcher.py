@@ -381,7 +381,7 @@ class PostgresDispatcher:
                     conn.close()
                     conn = None
                 logger.warning("result listener lost the database (%s); reconnecting", exc)
-                stop.wait(min(2.0, 0.05 * 2**failures))
+                stop.wait(min(2.0, 0.05 * 2 ** min(failures, 6)))
             except DispatcherClosed:
                 break
             except Exception:  # keep resolving futures whatever one poll hit

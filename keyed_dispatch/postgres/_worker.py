@@ -164,6 +164,14 @@ def run_worker(
 _worker_numbers = itertools.count(1)
 
 
+_GIVE_UP_WHEN_STOPPING = 5
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait before reconnection attempt ``failures``: 0.1, 0.2, ... 2."""
+    return min(2.0, 0.05 * float(2 ** min(failures, 6)))
+
+
 def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
     version = schema_version(conn, schema)
     if version is None:
@@ -265,8 +273,17 @@ class _Worker:
                     if conn is not None:
                         conn.close()
                         conn = None
+                    if stopping and failures >= _GIVE_UP_WHEN_STOPPING:
+                        # The leases of what is left expire; other workers re-run it.
+                        logger.exception(
+                            "worker %s stopping without the database: %d result(s) not recorded",
+                            self.name,
+                            len(running),
+                        )
+                        break
                     logger.warning("worker %s lost the database (%s); retrying", self.name, exc)
-                    self.stop.wait(min(2.0, 0.05 * 2**failures))
+                    # Not stop.wait: once stopping, it would not wait at all.
+                    time.sleep(_backoff(failures))
                     continue
                 if stopping and not running:
                     break
@@ -306,7 +323,7 @@ class _Worker:
                     conn.close()
                     conn = None
                 logger.info("worker %s listener reconnecting: %s", self.name, exc)
-                stop.wait(min(2.0, 0.05 * 2**failures))
+                stop.wait(_backoff(failures))
         if conn is not None:
             conn.close()
 
