@@ -289,8 +289,6 @@ class _Worker:
                     break
                 if self.burst and not running and not claimed:
                     break
-                if claimed and len(claimed) == free:
-                    continue  # maybe more runnable work: claim again before waiting
                 timeout = self.poll_interval
                 if running:
                     timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
@@ -316,6 +314,8 @@ class _Worker:
                     self.wake.set()  # work may have become ready while disconnected
                 for _ in conn.notifies(timeout=0.2, stop_after=1):
                     self.wake.set()
+                if self.stop.is_set():
+                    self.wake.set()  # the main loop may be waiting a whole poll interval
                 failures = 0
             except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
                 failures += 1
