@@ -127,6 +127,14 @@ def test_install_schema_is_idempotent_and_versioned(pg_dsn: str, pg_schema: str)
         d.install_schema()
 
 
+def test_a_missing_schema_is_named_at_submit(pg_dsn: str) -> None:
+    with PostgresDispatcher(pg_dsn, schema="kd_missing") as d:
+        with pytest.raises(RuntimeError, match="not installed"):
+            d.submit("k", "pg_tasks:echo")
+        with pytest.raises(RuntimeError, match="install_schema"):
+            d.stats()
+
+
 def test_worker_refuses_a_missing_schema(pg_dsn: str) -> None:
     with pytest.raises(RuntimeError, match="not installed"):
         run_worker(pg_dsn, schema="kd_missing", burst=True)

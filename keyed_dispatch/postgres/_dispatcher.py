@@ -227,6 +227,16 @@ class PostgresDispatcher:
                 raise SubmitTimeout(
                     f"the database did not answer within submit_timeout={self._submit_timeout}s"
                 ) from exc
+            except (
+                psycopg.errors.UndefinedFunction,
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.InvalidSchemaName,
+            ) as exc:
+                self._give_back(conn)
+                raise RuntimeError(
+                    f"keyed_dispatch schema {self._schema!r} is not installed (or older than this code); "
+                    "call install_schema()"
+                ) from exc
             except psycopg.OperationalError as exc:
                 conn.close()
                 if reused:  # the idle pool is bounded, so this ends on a fresh connection
