@@ -257,6 +257,15 @@ def test_bad_jobs_are_refused_at_submit_and_nothing_is_written(
         assert d.stats().queued == 0
 
 
+def test_results_arrive_by_notification(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
+    pg_worker()
+    # The fallback poll runs when the listener starts, then not for 60 s.
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=60) as d:
+        d.submit("k", "pg_tasks:echo").result(20)
+        for n in range(20):
+            assert d.submit(f"k{n}", "pg_tasks:echo", n).result(20)["args"] == [n]
+
+
 def test_a_function_workers_cannot_import_fails_its_job_and_the_key_moves_on(
     pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory
 ) -> None:

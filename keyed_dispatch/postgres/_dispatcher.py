@@ -82,10 +82,12 @@ class PostgresFuture(Future[Any]):
     in the database if it has not started, and returns False once it has.
     """
 
-    def __init__(self, dispatcher: PostgresDispatcher, job_id: int) -> None:
+    def __init__(self, dispatcher: PostgresDispatcher, token: uuid.UUID) -> None:
         super().__init__()
         self._dispatcher = dispatcher
-        self.job_id = job_id
+        self._token = token
+        #: The job's id in the database (set once its submit committed).
+        self.job_id = 0
 
     def cancel(self) -> bool:
         """Cancel the job if it has not started (in the whole cluster).
@@ -97,7 +99,7 @@ class PostgresFuture(Future[Any]):
             return self.cancelled()
         if not self._dispatcher._cancel(self.job_id):
             return self.cancelled()
-        self._dispatcher._forget(self.job_id)
+        self._dispatcher._forget(self._token)
         return super().cancel()
 
 
@@ -171,7 +173,8 @@ class PostgresDispatcher:
         self._lock = threading.Lock()
         # Guarded by _lock: idle connections, awaited futures, listener state.
         self._idle: list[psycopg.Connection[Any]] = []
-        self._futures: dict[int, PostgresFuture] = {}
+        # By submit token: registered before the submit commits (see _retire).
+        self._futures: dict[uuid.UUID, PostgresFuture] = {}
         self._closed = False
         self._listener: threading.Thread | None = None
         self._stop = threading.Event()
@@ -327,16 +330,22 @@ class PostgresDispatcher:
         args_json = dump_json(list(args), "job arguments")
         kwargs_json = dump_json(kwargs, "job keyword arguments")
         token = uuid.uuid4()
+        future = PostgresFuture(self, token)
         started = time.monotonic()
-        rows = self._call(
-            self._q.submit,
-            (token, texts, func, args_json, kwargs_json, self._start_timeout),
-        )
-        job_id = int(rows[0][0])
-        future = PostgresFuture(self, job_id)
         with self._lock:
-            self._futures[job_id] = future
-            if self._listener is None:
+            self._after_fork()
+            # Registered first: the job may finish before the submit returns.
+            self._futures[token] = future
+        try:
+            rows = self._call(
+                self._q.submit, (token, texts, func, args_json, kwargs_json, self._start_timeout)
+            )
+        except BaseException:
+            self._forget(token)
+            raise
+        job_id = future.job_id = int(rows[0][0])
+        with self._lock:
+            if self._listener is None and not self._closed:
                 self._listener = threading.Thread(
                     target=self._listen, args=(self._stop,), name="keyed-dispatch-results", daemon=True
                 )
@@ -354,9 +363,9 @@ class PostgresDispatcher:
         rows = self._call(self._q.cancel, (job_id,))
         return bool(rows[0][0])
 
-    def _forget(self, job_id: int) -> None:
+    def _forget(self, token: uuid.UUID) -> None:
         with self._lock:
-            self._futures.pop(job_id, None)
+            self._futures.pop(token, None)
 
     # -- results ------------------------------------------------------------
 
@@ -373,17 +382,17 @@ class PostgresDispatcher:
                     conn = connect(self._dsn, application_name="keyed_dispatch results")
                     conn.execute(self._q.listen_done)
                     next_poll = 0.0  # notifications may have been missed meanwhile
-                ids: set[int] = set()
+                tokens: set[uuid.UUID] = set()
                 for notify in conn.notifies(timeout=wait, stop_after=1):
-                    ids.add(int(notify.payload))
+                    tokens.add(uuid.UUID(notify.payload))
                 for notify in conn.notifies(timeout=0.0):
-                    ids.add(int(notify.payload))
+                    tokens.add(uuid.UUID(notify.payload))
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + self._poll_interval
                     self._poll(None)
-                elif ids:
-                    self._poll(ids)
+                elif tokens:
+                    self._poll(tokens)
                 failures = 0
             except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
                 failures += 1
@@ -400,27 +409,29 @@ class PostgresDispatcher:
         if conn is not None:
             conn.close()
 
-    def _poll(self, ids: set[int] | None) -> None:
-        """Resolve the futures of finished jobs among ``ids`` (None: all awaited)."""
+    def _poll(self, tokens: set[uuid.UUID] | None) -> None:
+        """Resolve the futures of finished jobs among ``tokens`` (None: all awaited).
+
+        A full poll skips futures whose submit has not returned yet: their
+        rows may not be committed, and a missing row would read as pruned.
+        """
         with self._lock:
-            if ids is None:
-                wanted = list(self._futures)
+            if tokens is None:
+                wanted = [token for token, future in self._futures.items() if future.job_id]
             else:
-                wanted = [job_id for job_id in ids if job_id in self._futures]
+                wanted = [token for token in tokens if token in self._futures]
         if not wanted:
             return
-        if ids is None and self._start_timeout is not None:
+        if tokens is None and self._start_timeout is not None:
             # Expire overdue jobs even when no worker is alive to do it.
             self._call(self._q.expire)
-        rows = self._call(
-            self._q.results,
-            (wanted,),
-        )
-        for job_id, state, result, error_type, error_message in rows:
+        rows = self._call(self._q.results, (wanted,))
+        for token, row_id, state, result, error_type, error_message in rows:
             with self._lock:
-                future = self._futures.pop(job_id, None)
+                future = self._futures.pop(token, None)
             if future is None or future.done():
                 continue
+            job_id = future.job_id or row_id
             try:
                 if state == "completed":
                     future.set_result(result)
@@ -486,11 +497,11 @@ class PostgresDispatcher:
             listener.join()
         for conn in idle:
             conn.close()
-        for job_id, future in futures.items():
+        for future in futures.values():
             with contextlib.suppress(InvalidStateError):  # resolved at the same moment
                 future.set_exception(
                     DispatcherClosed(
-                        f"dispatcher closed before job {job_id} finished; it is still in the queue"
+                        f"dispatcher closed before job {future.job_id} finished; it is still in the queue"
                     )
                 )
 

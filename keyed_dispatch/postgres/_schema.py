@@ -137,7 +137,9 @@ BEGIN
     IF woke THEN
         PERFORM pg_notify('{s}_ready', '');
     END IF;
-    PERFORM pg_notify('{s}_done', p_id::text);
+    -- The token, not the id: a submitter registers its future under the token
+    -- before its submit commits, so no notification can arrive unrecognized.
+    PERFORM pg_notify('{s}_done', (SELECT token::text FROM {s}.jobs WHERE id = p_id));
 END $$;
 
 CREATE FUNCTION {s}.submit(p_token uuid, p_keys text[], p_func text, p_args jsonb, p_kwargs jsonb,
@@ -356,8 +358,8 @@ _STATEMENTS = {
     "listen_ready": "LISTEN {s}_ready",
     "listen_done": "LISTEN {s}_done",
     "results": (
-        "SELECT w.id, j.state, j.result, j.error_type, j.error_message"
-        " FROM unnest(%s::bigint[]) AS w(id) LEFT JOIN {s}.jobs j ON j.id = w.id"
+        "SELECT w.token, j.id, j.state, j.result, j.error_type, j.error_message"
+        " FROM unnest(%s::uuid[]) AS w(token) LEFT JOIN {s}.jobs j ON j.token = w.token"
         " WHERE j.id IS NULL OR j.state NOT IN ('queued', 'running')"
     ),
     "stats": """SELECT
