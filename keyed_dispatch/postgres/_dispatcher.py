@@ -94,6 +94,9 @@ class PostgresFuture(Future[Any]):
 
         Returns True if the job will never run (or was already cancelled),
         False if it has started or finished, as ``Future.cancel`` does.
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached to cancel.
         """
         if self.done():
             return self.cancelled()
@@ -130,8 +133,9 @@ class PostgresDispatcher:
 
     Args:
         dsn: a libpq connection string or URI.
-        submit_timeout: bound in seconds on one submit (connecting included);
-            ``math.inf`` for none.
+        submit_timeout: bound in seconds on one submit's statement (lock
+            waits included) and on connecting (libpq rounds that up to whole
+            seconds, at least 2); ``math.inf`` for none.
         start_timeout: jobs not started this many seconds after admission
             never run; their futures fail with ``StartTimeout``. None: no
             limit. Measured on the database clock.
