@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # has ``main(argv: Sequence[str]) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("._demo", "reproduce the webhook race three ways and print the table"),
+    "worker": (".postgres._cli", "run jobs from a PostgreSQL queue (needs the postgres extra)"),
 }
 
 

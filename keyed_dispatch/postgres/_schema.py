@@ -1,0 +1,410 @@
+"""The database side: versioned migrations and the SQL functions.
+
+Every rule that keeps order and exclusion lives here, in the database, so it
+holds whatever the workers do and however many there are:
+
+* Admission. ``submit()`` takes a transaction-scoped advisory lock per key,
+  in one global order (sorted hash), before it draws the job id. Two
+  submissions sharing a key are serialized by that lock, so on every key the
+  id order is the commit order, and it is one total order for all keys (two
+  phase locking), which is what makes multi-key jobs deadlock-free: a job
+  only ever waits for jobs with smaller ids.
+* Queues. ``job_keys`` holds one row per (key, unfinished job). The head of
+  a key is its smallest job id. ``jobs.blockers`` counts the keys on which a
+  job is not the head; it is set at admission and decremented when a head is
+  retired, under the same key locks, so the counter and the rows agree.
+* Claim. ``claim()`` picks the oldest jobs with ``blockers = 0`` with
+  ``FOR UPDATE SKIP LOCKED`` and re-checks, from the rows themselves, that
+  each is the head of all its keys. Marking a job running sets ``running``
+  on its ``job_keys`` rows, and a partial unique index allows one running row
+  per key: two jobs sharing a key cannot be running at once even if a worker
+  misbehaves. A CHECK forbids a running job with blockers.
+* Fencing. A claim increments ``attempt``; ``finish()`` and ``heartbeat()``
+  name the attempt and change nothing when it is not the current one, so a
+  worker that lost its lease cannot record a stale result.
+* Failover. ``recover()`` puts running jobs whose lease expired back in the
+  queue. They are still the heads of their keys (their ``job_keys`` rows
+  stay), so they run again before any later job of those keys.
+
+Advisory locks are always taken all at once per transaction in sorted order,
+and row locks only after them (ascending ids), so these functions cannot
+deadlock with each other.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "check_schema_name", "lock_class", "migrations"]
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,39}\Z")
+
+
+def check_schema_name(schema: str) -> str:
+    """Return ``schema`` if it is a plain lower-case identifier, else raise ValueError.
+
+    The name is spliced into SQL and into channel names, so only
+    ``[a-z_][a-z0-9_]*`` (at most 40 characters) is accepted.
+    """
+    if not isinstance(schema, str) or not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema must match [a-z_][a-z0-9_]* (at most 40 characters), got {schema!r}")
+    return schema
+
+
+def lock_class(schema: str) -> int:
+    """The first key of the two-int advisory locks this schema takes.
+
+    Derived from the schema name so two schemas (or an application's own
+    advisory locks, which mostly use the one-bigint form) do not collide.
+    """
+    return zlib.crc32(schema.encode()) & 0x7FFFFFFF
+
+
+# Version 1: the queue. ``{s}`` is the schema, ``{lock}`` the lock class.
+_V1 = """
+CREATE TABLE {s}.jobs (
+    id            bigserial PRIMARY KEY,
+    token         uuid NOT NULL UNIQUE,
+    keys          text[] NOT NULL,
+    func          text NOT NULL,
+    args          jsonb NOT NULL,
+    kwargs        jsonb NOT NULL,
+    state         text NOT NULL DEFAULT 'queued' CHECK (state IN
+                      ('queued', 'running', 'completed', 'failed', 'expired', 'cancelled')),
+    blockers      integer NOT NULL CHECK (blockers >= 0),
+    attempt       integer NOT NULL DEFAULT 0,
+    worker        text,
+    lease_until   timestamptz,
+    submitted_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+    deadline      timestamptz,
+    started_at    timestamptz,
+    finished_at   timestamptz,
+    result        jsonb,
+    error_type    text,
+    error_message text,
+    CHECK (state <> 'running' OR blockers = 0)
+);
+CREATE INDEX jobs_ready ON {s}.jobs (id) WHERE state = 'queued' AND blockers = 0;
+CREATE INDEX jobs_queued ON {s}.jobs (submitted_at) WHERE state = 'queued';
+CREATE INDEX jobs_leases ON {s}.jobs (lease_until) WHERE state = 'running';
+CREATE INDEX jobs_deadlines ON {s}.jobs (deadline) WHERE state = 'queued' AND deadline IS NOT NULL;
+CREATE INDEX jobs_finished ON {s}.jobs (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE {s}.job_keys (
+    key     text NOT NULL,
+    job_id  bigint NOT NULL REFERENCES {s}.jobs (id) ON DELETE CASCADE,
+    running boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (key, job_id)
+);
+-- The cluster-wide exclusion: at most one running job per key.
+CREATE UNIQUE INDEX job_keys_one_running ON {s}.job_keys (key) WHERE running;
+CREATE INDEX job_keys_job ON {s}.job_keys (job_id);
+
+CREATE FUNCTION {s}._lock_keys(p_keys text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    h integer;
+BEGIN
+    -- One global order for every transaction: no deadlock between them.
+    FOR h IN SELECT DISTINCT hashtext(k) FROM unnest(p_keys) AS k ORDER BY 1 LOOP
+        PERFORM pg_advisory_xact_lock({lock}, h);
+    END LOOP;
+END $$;
+
+CREATE FUNCTION {s}._retire(p_id bigint, p_keys text[]) RETURNS void LANGUAGE plpgsql AS $$
+-- Caller holds the key locks of p_keys and has moved the job to a final state.
+DECLARE
+    r record;
+    left_blockers integer;
+    woke boolean := false;
+BEGIN
+    DELETE FROM {s}.job_keys WHERE job_id = p_id;
+    -- Where p_id was the head, the new head (a larger id) is one key closer to
+    -- runnable; where it was not, the smallest id left is smaller than p_id.
+    FOR r IN
+        SELECT head, count(*)::integer AS n
+        FROM (SELECT (SELECT min(jk.job_id) FROM {s}.job_keys jk WHERE jk.key = k) AS head
+              FROM unnest(p_keys) AS k) AS heads
+        WHERE head > p_id
+        GROUP BY head ORDER BY head
+    LOOP
+        UPDATE {s}.jobs SET blockers = blockers - r.n WHERE id = r.head
+            RETURNING blockers INTO left_blockers;
+        IF left_blockers = 0 THEN
+            woke := true;
+        END IF;
+    END LOOP;
+    IF woke THEN
+        PERFORM pg_notify('{s}_ready', '');
+    END IF;
+    -- The token, not the id: a submitter registers its future under the token
+    -- before its submit commits, so no notification can arrive unrecognized.
+    PERFORM pg_notify('{s}_done', (SELECT token::text FROM {s}.jobs WHERE id = p_id));
+END $$;
+
+CREATE FUNCTION {s}.submit(p_token uuid, p_keys text[], p_func text, p_args jsonb, p_kwargs jsonb,
+                           p_start_timeout double precision) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_id bigint;
+    v_blockers integer;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'keyed_dispatch submit needs READ COMMITTED, not %',
+            current_setting('transaction_isolation');
+    END IF;
+    IF cardinality(p_keys) IS NULL OR cardinality(p_keys) = 0 THEN
+        RAISE EXCEPTION 'a job needs at least one key';
+    END IF;
+    PERFORM {s}._lock_keys(p_keys);
+    -- A retried submit (its first attempt's commit was not acknowledged).
+    SELECT id INTO v_id FROM {s}.jobs WHERE token = p_token;
+    IF FOUND THEN
+        RETURN v_id;
+    END IF;
+    SELECT count(DISTINCT key) INTO v_blockers FROM {s}.job_keys WHERE key = ANY (p_keys);
+    -- The id is drawn under the key locks: on every key, id order = commit order.
+    INSERT INTO {s}.jobs (token, keys, func, args, kwargs, blockers, deadline)
+    VALUES (p_token, p_keys, p_func, p_args, p_kwargs, v_blockers,
+            clock_timestamp() + make_interval(secs => p_start_timeout))
+    RETURNING id INTO v_id;
+    INSERT INTO {s}.job_keys (key, job_id) SELECT DISTINCT k, v_id FROM unnest(p_keys) AS k;
+    IF v_blockers = 0 THEN
+        PERFORM pg_notify('{s}_ready', '');
+    END IF;
+    RETURN v_id;
+END $$;
+
+CREATE FUNCTION {s}.claim(p_worker text, p_limit integer, p_lease double precision)
+RETURNS TABLE (id bigint, attempt integer, keys text[], func text, args jsonb, kwargs jsonb,
+               waited double precision)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(c.id ORDER BY c.id) INTO v_ids FROM (
+        SELECT j.id FROM {s}.jobs j
+        WHERE j.state = 'queued' AND j.blockers = 0
+          AND (j.deadline IS NULL OR j.deadline > clock_timestamp())
+          -- Belt and braces: the head of every key, read from the rows.
+          AND NOT EXISTS (
+              SELECT 1 FROM {s}.job_keys mine
+              JOIN {s}.job_keys earlier ON earlier.key = mine.key AND earlier.job_id < mine.job_id
+              WHERE mine.job_id = j.id)
+        ORDER BY j.id
+        LIMIT p_limit
+        FOR UPDATE OF j SKIP LOCKED) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE {s}.job_keys SET running = true WHERE job_id = ANY (v_ids);
+    RETURN QUERY
+    UPDATE {s}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker = p_worker,
+        started_at = clock_timestamp(),
+        lease_until = clock_timestamp() + make_interval(secs => p_lease)
+    WHERE j.id = ANY (v_ids)
+    RETURNING j.id, j.attempt, j.keys, j.func, j.args, j.kwargs,
+              extract(epoch FROM j.started_at - j.submitted_at)::double precision;
+END $$;
+
+CREATE FUNCTION {s}.heartbeat(p_worker text, p_ids bigint[], p_attempts integer[],
+                              p_lease double precision)
+RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE {s}.jobs j SET lease_until = clock_timestamp() + make_interval(secs => p_lease)
+    FROM unnest(p_ids, p_attempts) AS mine(id, attempt)
+    WHERE j.id = mine.id AND j.attempt = mine.attempt AND j.state = 'running' AND j.worker = p_worker
+    RETURNING j.id;
+END $$;
+
+CREATE FUNCTION {s}.finish(p_id bigint, p_attempt integer, p_state text, p_result jsonb,
+                           p_error_type text, p_error_message text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys text[];
+    v_state text;
+    v_attempt integer;
+BEGIN
+    IF p_state NOT IN ('completed', 'failed') THEN
+        RAISE EXCEPTION 'finish state must be completed or failed, got %', p_state;
+    END IF;
+    SELECT keys INTO v_keys FROM {s}.jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM {s}._lock_keys(v_keys);
+    UPDATE {s}.jobs
+    SET state = p_state, result = p_result, error_type = p_error_type,
+        error_message = p_error_message, finished_at = clock_timestamp(), lease_until = NULL
+    WHERE id = p_id AND attempt = p_attempt AND state = 'running';
+    IF NOT FOUND THEN
+        -- Either this attempt's finish already committed (a retry after a lost
+        -- acknowledgement: accept) or the attempt is stale (fenced: reject).
+        SELECT state, attempt INTO v_state, v_attempt FROM {s}.jobs WHERE id = p_id;
+        RETURN v_attempt = p_attempt AND v_state = p_state;
+    END IF;
+    PERFORM {s}._retire(p_id, v_keys);
+    RETURN true;
+END $$;
+
+CREATE FUNCTION {s}.cancel(p_id bigint) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_keys text[];
+BEGIN
+    SELECT keys INTO v_keys FROM {s}.jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM {s}._lock_keys(v_keys);
+    UPDATE {s}.jobs SET state = 'cancelled', finished_at = clock_timestamp()
+    WHERE id = p_id AND state = 'queued';
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM {s}._retire(p_id, v_keys);
+    RETURN true;
+END $$;
+
+CREATE FUNCTION {s}.expire(p_limit integer DEFAULT 1000) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+    v_keys text[];
+    r record;
+    n integer := 0;
+BEGIN
+    SELECT array_agg(id ORDER BY id) INTO v_ids FROM (
+        SELECT id FROM {s}.jobs WHERE state = 'queued' AND deadline <= clock_timestamp()
+        ORDER BY deadline LIMIT p_limit) AS due;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- All the keys at once, so the locks are taken in the global order.
+    SELECT array_agg(DISTINCT k) INTO v_keys
+    FROM {s}.jobs, unnest(keys) AS k WHERE id = ANY (v_ids);
+    PERFORM {s}._lock_keys(v_keys);
+    FOR r IN
+        UPDATE {s}.jobs
+        SET state = 'expired', finished_at = clock_timestamp(), error_type = 'StartTimeout',
+            error_message = format('job was not started within its start timeout (waited %s s)',
+                                   round(extract(epoch FROM clock_timestamp() - submitted_at)::numeric, 3))
+        WHERE id = ANY (v_ids) AND state = 'queued'
+        RETURNING id, keys
+    LOOP
+        PERFORM {s}._retire(r.id, r.keys);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION {s}.recover(p_limit integer DEFAULT 1000) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(id ORDER BY id) INTO v_ids FROM (
+        SELECT id FROM {s}.jobs
+        WHERE state = 'running' AND lease_until < clock_timestamp()
+        ORDER BY id LIMIT p_limit
+        FOR UPDATE SKIP LOCKED) AS lost;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Still the heads of their keys (their job_keys rows stay): they run
+    -- again before any later job of those keys.
+    UPDATE {s}.job_keys SET running = false WHERE job_id = ANY (v_ids);
+    UPDATE {s}.jobs SET state = 'queued', worker = NULL, lease_until = NULL WHERE id = ANY (v_ids);
+    PERFORM pg_notify('{s}_ready', '');
+    RETURN cardinality(v_ids);
+END $$;
+
+CREATE FUNCTION {s}.prune(p_retention double precision, p_limit integer DEFAULT 10000)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+BEGIN
+    DELETE FROM {s}.jobs WHERE id IN (
+        SELECT id FROM {s}.jobs
+        WHERE finished_at < clock_timestamp() - make_interval(secs => p_retention)
+        LIMIT p_limit);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+"""
+
+#: (version, SQL template) in order; applied ones are recorded in
+#: ``{schema}.migrations``. Append, never edit a released entry.
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def migrations(schema: str) -> list[tuple[int, str]]:
+    """The migrations with the schema name and lock class filled in."""
+    check_schema_name(schema)
+    lock = lock_class(schema)
+    return [(version, sql.format(s=schema, lock=lock)) for version, sql in MIGRATIONS]
+
+
+# The statements the Python side sends; ``{s}`` is the (validated) schema.
+_STATEMENTS = {
+    "submit": "SELECT {s}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s)",
+    "cancel": "SELECT {s}.cancel(%s)",
+    "expire": "SELECT {s}.expire()",
+    "claim": "SELECT * FROM {s}.claim(%s, %s, %s)",
+    "finish": "SELECT {s}.finish(%s, %s, %s, %s::jsonb, %s, %s)",
+    "heartbeat": "SELECT {s}.heartbeat(%s, %s, %s, %s)",
+    "maintain": "SELECT {s}.recover(), {s}.expire(), {s}.prune(%s)",
+    "listen_ready": "LISTEN {s}_ready",
+    "listen_done": "LISTEN {s}_done",
+    "results": (
+        "SELECT w.token, j.id, j.state, j.result, j.error_type, j.error_message"
+        " FROM unnest(%s::uuid[]) AS w(token) LEFT JOIN {s}.jobs j ON j.token = w.token"
+        " WHERE j.id IS NULL OR j.state NOT IN ('queued', 'running')"
+    ),
+    "stats": """SELECT
+        (SELECT coalesce(json_object_agg(state, n), '{{}}')
+           FROM (SELECT state, count(*) AS n FROM {s}.jobs GROUP BY state) AS c),
+        (SELECT coalesce(extract(epoch FROM clock_timestamp() - min(submitted_at)), 0)::float8
+           FROM {s}.jobs WHERE state = 'queued'),
+        (SELECT coalesce(json_agg(json_build_array(key, n)), '[]')
+           FROM (SELECT key, count(*) AS n FROM {s}.job_keys
+                 GROUP BY key ORDER BY n DESC, key LIMIT 10) AS h),
+        (SELECT count(DISTINCT worker) FROM {s}.jobs WHERE state = 'running'),
+        (SELECT max(version) FROM {s}.migrations)""",
+    "version": "SELECT max(version) FROM {s}.migrations",
+    "create_schema": "CREATE SCHEMA IF NOT EXISTS {s}",
+    "create_migrations": (
+        "CREATE TABLE IF NOT EXISTS {s}.migrations"
+        " (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    ),
+    "applied": "SELECT version FROM {s}.migrations",
+    "record_migration": "INSERT INTO {s}.migrations (version) VALUES (%s)",
+}
+
+
+class Statements:
+    """The SQL statements for one schema, as attributes (``q.submit``, ...)."""
+
+    def __init__(self, schema: str) -> None:
+        check_schema_name(schema)
+        self.schema = schema
+        for name, template in _STATEMENTS.items():
+            setattr(self, name, template.format(s=schema))
+
+    submit: str
+    cancel: str
+    expire: str
+    claim: str
+    finish: str
+    heartbeat: str
+    maintain: str
+    listen_ready: str
+    listen_done: str
+    results: str
+    stats: str
+    version: str
+    create_schema: str
+    create_migrations: str
+    applied: str
+    record_migration: str

@@ -1,0 +1,427 @@
+"""The worker: claims runnable jobs from PostgreSQL and runs them on threads."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+import itertools
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from keyed_dispatch._config import _check_seconds
+
+from ._common import DatabaseUnavailable, connect, dump_json, resolve_function
+from ._dispatcher import schema_version
+from ._schema import SCHEMA_VERSION, Statements, check_schema_name
+
+__all__ = ["JobContext", "current_job", "run_worker"]
+
+logger = logging.getLogger("keyed_dispatch")
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a running job knows about itself (see :func:`current_job`).
+
+    Attributes:
+        job_id: the job's id; the same on every attempt. Pass it (or
+            ``idempotency_key``) to an exchange as the client order id so a
+            re-run after a failover cannot place the order twice.
+        attempt: 1 for the first run, 2 after one failover, ...
+        keys: the job's keys, as stored (text).
+        worker: the name of the worker running it.
+    """
+
+    job_id: int
+    attempt: int
+    keys: tuple[str, ...]
+    worker: str
+
+    @property
+    def idempotency_key(self) -> str:
+        """``kd-{job_id}``: stable across attempts, for deduplication downstream."""
+        return f"kd-{self.job_id}"
+
+    @property
+    def token(self) -> str:
+        """``{job_id}.{attempt}``: unique per attempt (the fencing token)."""
+        return f"{self.job_id}.{self.attempt}"
+
+
+_current: contextvars.ContextVar[JobContext] = contextvars.ContextVar("keyed_dispatch_job")
+
+
+def current_job() -> JobContext:
+    """The context of the job running in this thread.
+
+    Raises:
+        RuntimeError: not called from inside a job run by a worker.
+    """
+    try:
+        return _current.get()
+    except LookupError:
+        raise RuntimeError("current_job() called outside a job run by a keyed_dispatch worker") from None
+
+
+@dataclass
+class _Claimed:
+    job_id: int
+    attempt: int
+    keys: tuple[str, ...]
+    func: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+    waited: float
+
+
+# (job, state, result JSON or None, error type, error message)
+_Outcome = tuple[_Claimed, str, "str | None", "str | None", "str | None"]
+
+
+def run_worker(
+    dsn: str,
+    *,
+    concurrency: int = 16,
+    schema: str = "keyed_dispatch",
+    imports: Iterable[str] = (),
+    lease: float = 30.0,
+    poll_interval: float = 1.0,
+    retention: float = 7 * 86400.0,
+    wait_warning: float | None = 5.0,
+    name: str | None = None,
+    stop: threading.Event | None = None,
+    burst: bool = False,
+) -> int:
+    """Run jobs from the queue until ``stop`` is set (or, with ``burst``, it is empty).
+
+    Any number of workers may run, on any host: each claims the oldest jobs
+    whose keys are free, up to ``concurrency`` at once, and runs them on its
+    threads. It wakes on ``LISTEN/NOTIFY`` and polls every ``poll_interval``
+    as a fallback. While a job runs its lease is renewed every ``lease / 3``
+    seconds; a worker that stops renewing (killed, frozen, cut off) loses its
+    jobs after ``lease`` seconds to the next worker that looks, and a result
+    it reports later is rejected. Each worker also expires overdue jobs and
+    deletes finished jobs older than ``retention`` seconds.
+
+    Stopping is graceful: no new claims, running jobs finish and are
+    recorded. A lost connection is retried with backoff; results not yet
+    recorded are kept and recorded after reconnecting.
+
+    Args:
+        dsn: libpq connection string or URI.
+        concurrency: jobs run at once (threads).
+        schema: the queue's schema (installed by ``install_schema``).
+        imports: modules imported at start (to fail fast on a bad deployment).
+        lease: seconds a claim lasts without a heartbeat.
+        poll_interval: seconds between polls when no notification arrives.
+        retention: seconds finished jobs are kept for their submitters.
+        wait_warning: log a WARNING for a job that waited this long to start.
+        name: the worker's name in the database (default ``host:pid:n``).
+        stop: set it to stop the worker (the CLI sets it on SIGTERM/SIGINT).
+        burst: return once nothing is runnable, running or left to record.
+
+    Returns:
+        The number of jobs this worker ran.
+
+    Raises:
+        DatabaseUnavailable: the first connection failed.
+        RuntimeError: the schema is missing or newer than this code.
+        ImportError: a module in ``imports`` cannot be imported.
+    """
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
+    for label, value in (("lease", lease), ("poll_interval", poll_interval), ("retention", retention)):
+        _check_seconds(label, value, allow_inf=False)
+        if value == 0:
+            raise ValueError(f"{label} must be > 0, got 0")
+    for module in imports:
+        importlib.import_module(module)
+    worker = _Worker(
+        dsn,
+        schema=check_schema_name(schema),
+        concurrency=concurrency,
+        lease=lease,
+        poll_interval=poll_interval,
+        retention=retention,
+        wait_warning=wait_warning,
+        name=name or f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}",
+        stop=stop if stop is not None else threading.Event(),
+        burst=burst,
+    )
+    return worker.run()
+
+
+_worker_numbers = itertools.count(1)
+
+
+_GIVE_UP_WHEN_STOPPING = 5
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait before reconnection attempt ``failures``: 0.1, 0.2, ... 2."""
+    return min(2.0, 0.05 * float(2 ** min(failures, 6)))
+
+
+def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
+    version = schema_version(conn, schema)
+    if version is None:
+        raise RuntimeError(
+            f"keyed_dispatch schema {schema!r} is not installed; "
+            "call PostgresDispatcher(dsn).install_schema() once"
+        )
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"schema {schema} is at version {version}, newer than this worker ({SCHEMA_VERSION})"
+        )
+
+
+class _Worker:
+    """One worker: a main loop owning one connection, a listener, a pool."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str,
+        concurrency: int,
+        lease: float,
+        poll_interval: float,
+        retention: float,
+        wait_warning: float | None,
+        name: str,
+        stop: threading.Event,
+        burst: bool,
+    ) -> None:
+        self.dsn = dsn
+        self.schema = schema
+        self.q = Statements(schema)
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.wait_warning = wait_warning
+        self.name = name
+        self.stop = stop
+        self.burst = burst
+        self.wake = threading.Event()
+        self.done: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
+        self.functions: dict[str, Callable[..., Any]] = {}
+        self.ran = 0
+
+    # -- main loop ------------------------------------------------------------
+
+    def run(self) -> int:
+        first = connect(self.dsn, application_name=f"keyed_dispatch worker {self.name}")
+        try:
+            _check_version(first, self.schema)
+        except BaseException:
+            first.close()
+            raise
+        conn: psycopg.Connection[Any] | None = first
+        listen_stop = threading.Event()
+        listener = threading.Thread(
+            target=self._listen, args=(listen_stop,), name="keyed-dispatch-wakeups", daemon=True
+        )
+        listener.start()
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="keyed-dispatch-job")
+        running: dict[int, _Claimed] = {}
+        unrecorded: list[_Outcome] = []
+        logger.info("worker %s started: concurrency %d, schema %s", self.name, self.concurrency, self.schema)
+        next_heartbeat = next_maintenance = 0.0
+        failures = 0
+        try:
+            while True:
+                self.wake.clear()
+                stopping = self.stop.is_set()
+                try:
+                    if conn is None:
+                        conn = connect(self.dsn, application_name=f"keyed_dispatch worker {self.name}")
+                        logger.info("worker %s reconnected", self.name)
+                    while not self.done.empty():  # the only consumer: get() cannot block
+                        unrecorded.append(self.done.get())
+                    while unrecorded:
+                        self._record(conn, unrecorded[0])
+                        del running[unrecorded.pop(0)[0].job_id]
+                        self.ran += 1
+                    now = time.monotonic()
+                    if now >= next_maintenance:
+                        self._maintain(conn)
+                        next_maintenance = now + self.poll_interval
+                    if running and now >= next_heartbeat:
+                        self._heartbeat(conn, running)
+                        next_heartbeat = now + self.lease / 3
+                    free = self.concurrency - len(running)
+                    claimed: list[_Claimed] = []
+                    if free and not stopping:
+                        claimed = self._claim(conn, free)
+                        for job in claimed:
+                            running[job.job_id] = job
+                            pool.submit(self._execute, job)
+                    failures = 0
+                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                    failures += 1
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                    if stopping and failures >= _GIVE_UP_WHEN_STOPPING:
+                        # The leases of what is left expire; other workers re-run it.
+                        logger.exception(
+                            "worker %s stopping without the database: %d result(s) not recorded",
+                            self.name,
+                            len(running),
+                        )
+                        break
+                    logger.warning("worker %s lost the database (%s); retrying", self.name, exc)
+                    # Not stop.wait: once stopping, it would not wait at all.
+                    time.sleep(_backoff(failures))
+                    continue
+                if stopping and not running:
+                    break
+                if self.burst and not running and not claimed:
+                    break
+                timeout = self.poll_interval
+                if running:
+                    timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+                self.wake.wait(timeout)
+        finally:
+            listen_stop.set()
+            pool.shutdown(wait=True)
+            listener.join()
+            if conn is not None:
+                conn.close()
+        logger.info("worker %s stopped after %d jobs", self.name, self.ran)
+        return self.ran
+
+    def _listen(self, stop: threading.Event) -> None:
+        """Set ``wake`` on every ``ready`` notification (own connection)."""
+        conn: psycopg.Connection[Any] | None = None
+        failures = 0
+        while not stop.is_set():
+            try:
+                if conn is None:
+                    conn = connect(self.dsn, application_name=f"keyed_dispatch listener {self.name}")
+                    conn.execute(self.q.listen_ready)
+                    self.wake.set()  # work may have become ready while disconnected
+                for _ in conn.notifies(timeout=0.2, stop_after=1):
+                    self.wake.set()
+                if self.stop.is_set():
+                    self.wake.set()  # the main loop may be waiting a whole poll interval
+                failures = 0
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
+                failures += 1
+                if conn is not None:
+                    conn.close()
+                    conn = None
+                logger.info("worker %s listener reconnecting: %s", self.name, exc)
+                stop.wait(_backoff(failures))
+        if conn is not None:
+            conn.close()
+
+    # -- database steps -------------------------------------------------------
+
+    def _claim(self, conn: psycopg.Connection[Any], limit: int) -> list[_Claimed]:
+        rows = conn.execute(self.q.claim, (self.name, limit, self.lease)).fetchall()
+        claimed = [
+            _Claimed(
+                int(job_id),
+                int(attempt),
+                tuple(keys),
+                func,
+                args,
+                kwargs,
+                float(waited),
+            )
+            for job_id, attempt, keys, func, args, kwargs, waited in rows
+        ]
+        for job in claimed:
+            if self.wait_warning is not None and job.waited >= self.wait_warning:
+                logger.warning("job for %s waited %.2fs", "+".join(job.keys), job.waited)
+            elif logger.isEnabledFor(logging.DEBUG):
+                logger.debug(
+                    "started job %d for %s (waited %.3fs, attempt %d)",
+                    job.job_id,
+                    "+".join(job.keys),
+                    job.waited,
+                    job.attempt,
+                )
+        return claimed
+
+    def _record(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
+        job, state, result, error_type, error_message = outcome
+        row = conn.execute(
+            self.q.finish,
+            (job.job_id, job.attempt, state, result, error_type, error_message),
+        ).fetchone()
+        if row is None or not row[0]:
+            logger.warning(
+                "worker %s: result of job %d attempt %d rejected: its lease expired and the job "
+                "was taken over (the job ran more than once; handlers must be idempotent)",
+                self.name,
+                job.job_id,
+                job.attempt,
+            )
+
+    def _heartbeat(self, conn: psycopg.Connection[Any], running: dict[int, _Claimed]) -> None:
+        jobs = list(running.values())
+        rows = conn.execute(
+            self.q.heartbeat,
+            (self.name, [job.job_id for job in jobs], [job.attempt for job in jobs], self.lease),
+        ).fetchall()
+        kept = {row[0] for row in rows}
+        for job in jobs:
+            if job.job_id not in kept:
+                logger.warning(
+                    "worker %s lost the lease of job %d (attempt %d): it may be running elsewhere now",
+                    self.name,
+                    job.job_id,
+                    job.attempt,
+                )
+
+    def _maintain(self, conn: psycopg.Connection[Any]) -> None:
+        recovered, expired, pruned = conn.execute(
+            self.q.maintain,
+            (self.retention,),
+        ).fetchone() or (0, 0, 0)
+        if recovered:
+            logger.warning(
+                "worker %s: %d job(s) lost their worker's lease; queued again", self.name, recovered
+            )
+        if expired:
+            logger.info("worker %s: %d job(s) expired before they started", self.name, expired)
+        if pruned:
+            logger.debug("worker %s: pruned %d finished job(s)", self.name, pruned)
+
+    # -- running a job (pool threads) -----------------------------------------
+
+    def _execute(self, job: _Claimed) -> None:
+        context = JobContext(job.job_id, job.attempt, job.keys, self.name)
+        token = _current.set(context)
+        try:
+            fn = self.functions.get(job.func)
+            if fn is None:
+                fn = self.functions[job.func] = resolve_function(job.func)
+            value = fn(*job.args, **job.kwargs)
+            outcome: _Outcome = (job, "completed", dump_json(value, f"result of {job.func}"), None, None)
+        except Exception as exc:  # noqa: BLE001  # the job's error goes to its submitter
+            kind = type(exc)
+            qualname = (
+                kind.__qualname__
+                if kind.__module__ == "builtins"
+                else f"{kind.__module__}.{kind.__qualname__}"
+            )
+            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, exc)
+            outcome = (job, "failed", None, qualname, str(exc))
+        finally:
+            _current.reset(token)
+        self.done.put(outcome)
+        self.wake.set()

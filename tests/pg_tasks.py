@@ -1,0 +1,53 @@
+"""Job functions for the PostgreSQL tests, importable by worker processes.
+
+Workers started by the tests get this directory on PYTHONPATH and name these
+as ``pg_tasks:function``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from keyed_dispatch.postgres import current_job
+
+# In-process gates (only for workers running in the test process itself).
+gates: dict[str, threading.Event] = {}
+started: dict[str, threading.Event] = {}
+
+NOT_CALLABLE = 42
+
+
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return the arguments as received (after the JSON round trip)."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def boom(message: str) -> None:
+    """Fail with a ValueError carrying ``message``."""
+    raise ValueError(message)
+
+
+def unserializable() -> object:
+    """Return something JSON cannot hold."""
+    return {1, 2}
+
+
+def context() -> dict[str, Any]:
+    """Return what the job knows about itself."""
+    job = current_job()
+    return {
+        "job_id": job.job_id,
+        "attempt": job.attempt,
+        "keys": list(job.keys),
+        "token": job.token,
+        "idempotency_key": job.idempotency_key,
+    }
+
+
+def gate(name: str) -> str:
+    """Signal ``started[name]``, then wait for ``gates[name]`` (in-process workers)."""
+    started.setdefault(name, threading.Event()).set()
+    if not gates.setdefault(name, threading.Event()).wait(30):
+        raise TimeoutError(f"gate {name} was never opened")
+    return name
