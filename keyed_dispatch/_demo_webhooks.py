@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -330,7 +330,3 @@ def audit(exchange: FakeExchange, store: OrderStore, webhooks: Iterable[Webhook]
             stale.append(key)
     return Audit(tuple(disagreeing), tuple(stale))
 
-
-def sample_limits(count: int, base: Decimal = Decimal(100)) -> Sequence[LimitOrder]:
-    """``count`` buy orders a grid step apart, below ``base``."""
-    return [LimitOrder("buy", base - index, Decimal("0.1")) for index in range(count)]

@@ -265,6 +265,7 @@ BAD_BODIES: list[tuple[bytes | dict[str, Any] | list[Any], str]] = [
 ]
 
 
+@pytest.mark.slow
 def test_bad_payloads_get_400_and_change_nothing(serve: Callable[..., Served], clients: Clients) -> None:
     served = serve()
     for payload, word in BAD_BODIES:
