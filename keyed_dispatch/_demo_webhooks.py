@@ -185,8 +185,8 @@ class ProcessingLog:
     started: dict[WebhookKey, list[int]] = field(default_factory=dict)
     times: dict[str, _Entry] = field(default_factory=dict)
     overlaps: int = 0
-    _running: dict[WebhookKey, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _running: dict[WebhookKey, int] = field(default_factory=dict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def begin(self, webhook: Webhook) -> None:
         """Record that ``webhook``'s handling begins now."""
