@@ -329,4 +329,3 @@ def audit(exchange: FakeExchange, store: OrderStore, webhooks: Iterable[Webhook]
         if tags != [webhook.name] * len(webhook.limits):
             stale.append(key)
     return Audit(tuple(disagreeing), tuple(stale))
-
