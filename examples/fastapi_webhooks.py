@@ -1,12 +1,14 @@
-"""The strategy-webhook server of flask_webhooks.py, on FastAPI.
+"""The strategy-webhook server of flask_webhooks.py, on FastAPI and asyncio.
 
 The same service (``POST /webhook``, ``GET /stats``, ``POST /resume``) and
-the same error mapping, over the same KeyedDispatcher and handler.
+the same HTTP answers, ordered by an :class:`AsyncKeyedDispatcher` on the
+event loop: each request awaits ``dispatcher.run_multi(keys, apply, hook)``,
+which waits for the webhook's turn on every one of its keys without
+blocking the loop, then runs it in the request's own task.
 
-The endpoints are plain ``def`` functions: FastAPI runs them in its
-threadpool, where waiting for the dispatcher's future is what the request
-thread is for. (An ``async def`` endpoint must not block the event loop on a
-``concurrent.futures`` result.)
+The handler (a blocking exchange client and SQLite) runs in a thread pool
+sized to the dispatcher's concurrency; with an asyncio exchange client and
+database driver, ``apply`` would simply await the handler.
 
 Run it::
 
@@ -21,19 +23,21 @@ Run it::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any
 
 import uvicorn
-from fastapi import Body, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from keyed_dispatch import (
+    AsyncKeyedDispatcher,
     DispatcherClosed,
-    KeyedDispatcher,
     KeyHalted,
     StartTimeout,
     SubmitTimeout,
@@ -43,57 +47,88 @@ from keyed_dispatch import (
 # The demo's fake exchange, SQLite order table and handler (see flask_webhooks.py).
 from keyed_dispatch._demo_exchange import ExchangeError, FakeExchange
 from keyed_dispatch._demo_store import OrderStore
-from keyed_dispatch._demo_webhooks import InvalidWebhookError, WebhookHandler, parse_webhook
+from keyed_dispatch._demo_webhooks import (
+    InvalidWebhookError,
+    Webhook,
+    WebhookHandler,
+    WebhookResult,
+    parse_webhook,
+)
 
 RETRY_AFTER_SECONDS = 1
 
 
-def create_app(dispatcher: KeyedDispatcher | None = None, handler: WebhookHandler | None = None) -> FastAPI:
-    """Build the app around a dispatcher and a webhook handler (see flask_webhooks.create_app).
+def create_app(
+    dispatcher: AsyncKeyedDispatcher | None = None, handler: WebhookHandler | None = None
+) -> FastAPI:
+    """Build the app around an asyncio dispatcher and a webhook handler.
 
-    A dispatcher created here is shut down with the app (lifespan); one
-    passed in belongs to the caller.
+    Args:
+        dispatcher: by default a new one configured from the environment,
+            with ``halt_on_error=True`` (see flask_webhooks.create_app). It
+            binds to the server's event loop on the first request, and the
+            app closes it (``aclose``) when the server shuts down.
+        handler: by default one over a FakeExchange with 20 ms per call and
+            an in-memory order table.
     """
-    owned = dispatcher is None
-    dispatcher = dispatcher if dispatcher is not None else KeyedDispatcher(halt_on_error=True)
+    dispatcher = dispatcher if dispatcher is not None else AsyncKeyedDispatcher(halt_on_error=True)
     if handler is None:
         handler = WebhookHandler(
             FakeExchange(0.020, jitter=0.5, max_notional=Decimal(1_000_000)), OrderStore()
         )
+    # As many threads as jobs may run at once: the pool never queues a job
+    # the dispatcher has started.
+    pool = ThreadPoolExecutor(dispatcher.config.max_workers, thread_name_prefix="webhook")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owned:
-            dispatcher.shutdown(wait=True)
+        try:
+            yield
+        finally:
+            await dispatcher.aclose()
+            pool.shutdown(wait=True)
 
     app = FastAPI(title="keyed_dispatch webhooks", lifespan=lifespan)
 
-    # A body that is not JSON fails FastAPI's own parsing: answer 400 with
-    # our message, not FastAPI's 422. Any JSON value gets to parse_webhook,
-    # which names the missing or invalid field.
-    @app.exception_handler(RequestValidationError)
-    async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(400, "the body must be a JSON object (Content-Type: application/json)")
+    async def apply(hook: Webhook) -> WebhookResult:
+        # The job. It holds the webhook's keys until the handler's thread
+        # has finished, even if the request is cancelled: a thread cannot be
+        # interrupted, and unwinding early would let the key's next webhook
+        # run alongside this one, which is the race all this prevents.
+        future = asyncio.get_running_loop().run_in_executor(pool, handler.handle, hook)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
 
     @app.post("/webhook")
-    def webhook(payload: Any = Body(None)) -> JSONResponse:  # noqa: B008 - FastAPI's idiom
+    async def webhook(request: Request) -> JSONResponse:
+        try:
+            payload = json.loads(await request.body())
+        except ValueError:  # also UnicodeDecodeError
+            return error(400, "the body must be a JSON object (Content-Type: application/json)")
         try:
             hook = parse_webhook(payload)
         except InvalidWebhookError as exc:
             return error(400, str(exc))
         try:
-            result = dispatcher.submit_multi(hook.keys, handler.handle, hook).result()
+            result = await dispatcher.run_multi(hook.keys, apply, hook)
         except (SubmitTimeout, DispatcherClosed, StartTimeout, KeyHalted, ExchangeError) as exc:
             return refusal(exc)
         return JSONResponse(result.as_dict())
 
     @app.get("/stats")
-    def stats() -> dict[str, Any]:
+    async def stats() -> dict[str, Any]:
+        # On the loop's thread, where the dispatcher lives.
         return dispatcher.stats().as_dict()
 
     @app.post("/resume")
-    def resume(payload: Any = Body(None)) -> JSONResponse:  # noqa: B008 - idem
+    async def resume(request: Request) -> JSONResponse:
+        try:
+            payload: Any = json.loads(await request.body())
+        except ValueError:
+            payload = None
         if (
             not isinstance(payload, dict)
             or not isinstance(payload.get("strategy_id"), int)

@@ -26,7 +26,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
-from keyed_dispatch import KeyedDispatcher  # noqa: E402
+from keyed_dispatch import AsyncKeyedDispatcher, KeyedDispatcher  # noqa: E402
 from keyed_dispatch._demo_exchange import FakeExchange  # noqa: E402
 from keyed_dispatch._demo_store import OrderStore  # noqa: E402
 from keyed_dispatch._demo_webhooks import WebhookHandler, audit, parse_webhook  # noqa: E402
@@ -50,7 +50,6 @@ class Served:
     exchange: FakeExchange
     store: OrderStore
     handler: WebhookHandler
-    dispatcher: KeyedDispatcher
     client: Any
 
     def stats(self) -> dict[str, Any]:
@@ -70,9 +69,11 @@ class Served:
 
 
 @contextmanager
-def flask_server(dispatcher: KeyedDispatcher, handler: WebhookHandler) -> Iterator[str]:
+def flask_server(handler: WebhookHandler, settings: dict[str, Any]) -> Iterator[str]:
+    """The Flask example on werkzeug's threaded server, over a KeyedDispatcher."""
     from werkzeug.serving import make_server
 
+    dispatcher = KeyedDispatcher(halt_on_error=True, wait_warning=None, max_workers=WORKERS, **settings)
     app = load_example("flask_webhooks").create_app(dispatcher, handler)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -83,12 +84,15 @@ def flask_server(dispatcher: KeyedDispatcher, handler: WebhookHandler) -> Iterat
         server.shutdown()
         thread.join()
         server.server_close()
+        dispatcher.shutdown(wait=True)
 
 
 @contextmanager
-def fastapi_server(dispatcher: KeyedDispatcher, handler: WebhookHandler) -> Iterator[str]:
+def fastapi_server(handler: WebhookHandler, settings: dict[str, Any]) -> Iterator[str]:
+    """The FastAPI example on uvicorn, over an AsyncKeyedDispatcher (closed by the app)."""
     import uvicorn
 
+    dispatcher = AsyncKeyedDispatcher(WORKERS, halt_on_error=True, wait_warning=None, **settings)
     app = load_example("fastapi_webhooks").create_app(dispatcher, handler)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="none")
     server = uvicorn.Server(config)
@@ -107,7 +111,8 @@ def fastapi_server(dispatcher: KeyedDispatcher, handler: WebhookHandler) -> Iter
         thread.join()
 
 
-SERVERS: dict[str, Callable[[KeyedDispatcher, WebhookHandler], AbstractContextManager[str]]] = {
+WORKERS = 16
+SERVERS: dict[str, Callable[[WebhookHandler, dict[str, Any]], AbstractContextManager[str]]] = {
     "flask": flask_server,
     "fastapi": fastapi_server,
 }
@@ -117,25 +122,22 @@ SERVERS: dict[str, Callable[[KeyedDispatcher, WebhookHandler], AbstractContextMa
 def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
     """A factory: serve(latency=..., **dispatcher settings) -> Served."""
     kind: str = request.param
-    stack: list[tuple[AbstractContextManager[str], KeyedDispatcher, OrderStore, Any]] = []
+    stack: list[tuple[AbstractContextManager[str], OrderStore, Any]] = []
 
     def start(*, latency: float = 0.005, max_notional: Decimal | None = None, **settings: Any) -> Served:
         exchange = FakeExchange(latency, jitter=0.5, seed=1, max_notional=max_notional)
         store = OrderStore()
         handler = WebhookHandler(exchange, store)
-        settings.setdefault("max_workers", 16)
-        dispatcher = KeyedDispatcher(halt_on_error=True, wait_warning=None, **settings)
-        server = SERVERS[kind](dispatcher, handler)
+        server = SERVERS[kind](handler, settings)
         url = server.__enter__()
         client = httpx.Client(timeout=DEADLINE)
-        stack.append((server, dispatcher, store, client))
-        return Served(url, exchange, store, handler, dispatcher, client)
+        stack.append((server, store, client))
+        return Served(url, exchange, store, handler, client)
 
     yield start
-    for server, dispatcher, store, client in reversed(stack):
+    for server, store, client in reversed(stack):
         client.close()
         server.__exit__(None, None, None)
-        dispatcher.shutdown(wait=True)
         store.close()
 
 
@@ -375,4 +377,4 @@ def test_stats_answers_json(serve: Callable[..., Served]) -> None:
     served = serve()
     stats = served.stats()
     assert {"submitted", "pending", "running", "active_shards", "max_workers"} <= set(stats)
-    assert stats["max_workers"] == 16
+    assert stats["max_workers"] == WORKERS
