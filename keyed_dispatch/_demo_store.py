@@ -107,6 +107,12 @@ class OrderStore:
         with self._lock:
             self._db.close()
 
+    def __enter__(self) -> OrderStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

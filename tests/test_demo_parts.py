@@ -99,17 +99,18 @@ def test_handler_keeps_the_table_in_step_when_run_one_at_a_time(tmp_path: Path) 
     assert handler.log.out_of_order() == 0
     store.close()
     # A file database starts empty each time it is opened by the demo.
-    assert OrderStore(str(tmp_path / "orders.db")).count() == 0
+    with OrderStore(str(tmp_path / "orders.db")) as reopened:
+        assert reopened.count() == 0
 
 
 def test_a_refused_order_leaves_the_placed_ones_recorded() -> None:
     exchange = FakeExchange(max_notional=Decimal(50))
-    store = OrderStore()
     hook = Webhook(1, ("BTC/USDT",), 1, True, (*ONE, LimitOrder("buy", Decimal(100), Decimal(5))))
-    with pytest.raises(ExchangeError):
-        WebhookHandler(exchange, store).handle(hook)
-    assert store.count("1:1") == 1
-    assert audit(exchange, store, [hook]).disagreeing == ()
+    with OrderStore() as store:
+        with pytest.raises(ExchangeError):
+            WebhookHandler(exchange, store).handle(hook)
+        assert store.count("1:1") == 1
+        assert audit(exchange, store, [hook]).disagreeing == ()
 
 
 @pytest.mark.parametrize(
