@@ -172,7 +172,9 @@ class OrderRecorder:
         The asyncio :meth:`submit`: ``dispatcher`` is an
         ``AsyncKeyedDispatcher`` (its ``submit_multi`` is awaited; ``fn``
         must be a coroutine function, and None wraps an async no-op) or a
-        ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). The
+        ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). ``fn``
+        may also be a wrapper that :meth:`wrap` returned, submitted as is
+        (keep it to call :meth:`expect` on). The
         submit and the record happen under an ``asyncio.Lock`` of this
         recorder, so the recorded order is the true admission order even
         when several tasks submit and admission has to wait (the lock is
@@ -183,7 +185,11 @@ class OrderRecorder:
             The future the dispatcher returned. If the submit raises, the
             job is recorded as one that must not run.
         """
-        wrapped = self.wrap(keys, fn if fn is not None else _async_noop)
+        wrapped: Callable[..., Any]
+        if fn is not None and isinstance(getattr(fn, "recorded", None), RecordedJob):
+            wrapped = fn  # already wrapped by this recorder
+        else:
+            wrapped = self.wrap(keys, fn if fn is not None else _async_noop)
         loop = asyncio.get_running_loop()
         if self._async_admission is None or self._async_admission[0] is not loop:
             self._async_admission = (loop, asyncio.Lock())
