@@ -21,6 +21,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import asyncio
 import functools
 import inspect
 import itertools
@@ -40,6 +42,13 @@ __all__ = ["JobSpec", "OrderRecorder", "RecordedJob", "job_specs", "workloads"]
 
 class _Dispatcher(Protocol):
     def submit_multi(self, keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
+class _AsyncDispatcher(Protocol):
+    # AsyncKeyedDispatcher.submit_multi, or KeyedDispatcher.submit_multi_async.
+    def submit_multi(
+        self, keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any
+    ) -> Awaitable[Any]: ...
 
 
 @dataclass
@@ -82,6 +91,9 @@ class OrderRecorder:
         self._stamp = itertools.count()
         self._ids = itertools.count()
         self._next_admission = itertools.count()
+        # asubmit's admission lock and its loop (an asyncio.Lock belongs to
+        # the loop it is first used on; a new loop gets a new lock).
+        self._async_admission: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.jobs: list[RecordedJob] = []
 
     def _now(self) -> int:
@@ -166,6 +178,51 @@ class OrderRecorder:
         record.future = future
         return future
 
+    async def asubmit(
+        self,
+        dispatcher: _AsyncDispatcher | _Dispatcher,
+        keys: Iterable[Hashable],
+        fn: Callable[..., Any] | None = None,
+        /,
+        *args: Any,
+    ) -> Any:
+        """Wrap ``fn``, submit it from a coroutine and record the admission.
+
+        The asyncio :meth:`submit`: ``dispatcher`` is an
+        ``AsyncKeyedDispatcher`` (its ``submit_multi`` is awaited; ``fn``
+        must be a coroutine function, and None wraps an async no-op) or a
+        ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). ``fn``
+        may also be a wrapper that :meth:`wrap` returned, submitted as is
+        (keep it to call :meth:`expect` on). The
+        submit and the record happen under an ``asyncio.Lock`` of this
+        recorder, so the recorded order is the true admission order even
+        when several tasks submit and admission has to wait (the lock is
+        never held across anything but the submit, and never blocks the
+        loop).
+
+        Returns:
+            The future the dispatcher returned. If the submit raises, the
+            job is recorded as one that must not run.
+        """
+        wrapped: Callable[..., Any]
+        if fn is not None and isinstance(getattr(fn, "recorded", None), RecordedJob):
+            wrapped = fn  # already wrapped by this recorder
+        else:
+            wrapped = self.wrap(keys, fn if fn is not None else _async_noop)
+        loop = asyncio.get_running_loop()
+        if self._async_admission is None or self._async_admission[0] is not loop:
+            self._async_admission = (loop, asyncio.Lock())
+        lock = self._async_admission[1]
+        submit = getattr(dispatcher, "submit_multi_async", None) or dispatcher.submit_multi
+        async with lock:
+            try:
+                future = await submit(wrapped.recorded.keys, wrapped, *args)  # type: ignore[attr-defined]
+            except BaseException:
+                self.expect(wrapped, ran=False)
+                raise
+            self.admitted(wrapped)
+        return future
+
     def expect(self, wrapped: Callable[..., Any], *, ran: bool) -> None:
         """Declare whether the job must have run (True) or must not (False).
 
@@ -179,9 +236,13 @@ class OrderRecorder:
 
         A cancelled future, or one that failed with StartTimeout or
         KeyHalted, means the job must not have run; any other outcome
-        means it ran exactly once.
+        means it ran exactly once. Exception: asyncio can cancel a running
+        job (its future is then cancelled too), so a cancelled job that had
+        already started when this is called must have run exactly once;
+        call this right after cancelling.
         """
-        self.expect(wrapped, ran=_ran_by_outcome(future))
+        record: RecordedJob = wrapped.recorded  # type: ignore[attr-defined]
+        self.expect(wrapped, ran=_ran_by_outcome(future, record))
 
     def check(self) -> None:
         """Raise AssertionError naming the first violation found, if any.
@@ -203,7 +264,7 @@ class OrderRecorder:
                     raise AssertionError(
                         f"job {job.job_id} on {job.keys} has not finished; check() after the workload drains"
                     )
-                expect_run = _ran_by_outcome(job.future)
+                expect_run = _ran_by_outcome(job.future, job)
             if expect_run is False:
                 if runs:
                     raise AssertionError(f"job {job.job_id} on {job.keys} ran but must not have")
@@ -249,14 +310,20 @@ def _noop() -> None:
     return None
 
 
-def _ran_by_outcome(future: Any) -> bool:
-    # Cancelled, StartTimeout and KeyHalted mean the job's body never ran;
-    # a result or any other exception means it ran.
-    from ._errors import KeyHalted, StartTimeout
-
+def _ran_by_outcome(future: Any, record: RecordedJob) -> bool:
+    # StartTimeout and KeyHalted mean the job's body never ran; a result or
+    # any other exception means it ran. A cancelled concurrent future never
+    # ran (a running thread job cannot be cancelled), but asyncio cancels a
+    # running job's task, so a cancelled asyncio future counts as run
+    # exactly when it started (still checked for order, overlap and a
+    # single run).
     if future.cancelled():
-        return False
+        return asyncio.isfuture(future) and bool(record.starts)
     return not isinstance(future.exception(), (StartTimeout, KeyHalted))
+
+
+async def _async_noop() -> None:
+    return None
 
 
 # -- Hypothesis strategies -------------------------------------------------

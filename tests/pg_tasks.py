@@ -1,7 +1,7 @@
 """Job functions for the PostgreSQL tests, importable by worker processes.
 
 Workers started by the tests get this directory on PYTHONPATH and name these
-as ``pg_tasks:function``.
+as ``tests.pg_tasks:function``.
 """
 
 from __future__ import annotations

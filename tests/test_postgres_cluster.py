@@ -27,7 +27,8 @@ from keyed_dispatch.postgres._burst import (  # noqa: E402
 pytestmark = pytest.mark.slow
 
 RECORD = "keyed_dispatch.postgres._burst:record_webhook"
-TESTS = str(Path(__file__).parent)
+# The repository root, so that workers import ``tests.pg_tasks``.
+ROOT = str(Path(__file__).parent.parent)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
@@ -45,7 +46,7 @@ def spawn(pg_dsn: str, pg_schema: str) -> Iterator[Callable[..., subprocess.Pope
     procs: list[subprocess.Popen[str]] = []
 
     def start(*extra: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
         argv = [sys.executable, "-m", "keyed_dispatch", "worker", "--dsn", pg_dsn, "--schema", pg_schema]
         argv += ["--concurrency", "2", "--poll-interval", "0.2", "--log-level", "WARNING", *extra]
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
@@ -116,7 +117,7 @@ def test_a_frozen_workers_late_result_is_rejected(
         os.kill(zombie, signal.SIGCONT)
         # The zombie finishes its attempt and reports it: rejected by the fence.
         wait_until(lambda: any(e.attempt == 1 and e.phase == "end" for e in read_events(pg_dsn, pg_schema)))
-        after = d.submit("k", "pg_tasks:context")
+        after = d.submit("k", "tests.pg_tasks:context")
         assert after.result(30)["attempt"] == 1
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute(

@@ -19,8 +19,8 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-import pg_tasks  # noqa: E402
-from conftest import WorkerFactory  # noqa: E402
+from tests import pg_tasks  # noqa: E402
+from tests.conftest import WorkerFactory  # noqa: E402
 
 from keyed_dispatch import DispatcherClosed, StartTimeout, SubmitTimeout, webhook_key  # noqa: E402
 from keyed_dispatch.postgres import (  # noqa: E402
@@ -130,7 +130,7 @@ def test_install_schema_is_idempotent_and_versioned(pg_dsn: str, pg_schema: str)
 def test_a_missing_schema_is_named_at_submit(pg_dsn: str) -> None:
     with PostgresDispatcher(pg_dsn, schema="kd_missing") as d:
         with pytest.raises(RuntimeError, match="not installed"):
-            d.submit("k", "pg_tasks:echo")
+            d.submit("k", "tests.pg_tasks:echo")
         with pytest.raises(RuntimeError, match="install_schema"):
             d.stats()
 
@@ -143,8 +143,8 @@ def test_worker_refuses_a_missing_schema(pg_dsn: str) -> None:
 
 def test_the_database_itself_forbids_two_running_jobs_on_a_key(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        first = d.submit("k", "pg_tasks:echo")
-        second = d.submit("k", "pg_tasks:echo")
+        first = d.submit("k", "tests.pg_tasks:echo")
+        second = d.submit("k", "tests.pg_tasks:echo")
     with pytest.raises(psycopg.errors.CheckViolation):
         sql(pg_dsn, f"UPDATE {pg_schema}.jobs SET state = 'running' WHERE id = %s", (second.job_id,))
     with pytest.raises(psycopg.errors.UniqueViolation):
@@ -161,10 +161,10 @@ def test_results_and_errors_reach_the_future(
     caplog.set_level(logging.DEBUG, logger="keyed_dispatch")
     pg_worker(wait_warning=None)
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        ok = d.submit(webhook_key(1, "BTC/USDT"), "pg_tasks:echo", 1, (2, 3), side="buy")
-        failed = d.submit("k", "pg_tasks:boom", "exchange said no")
-        bad_result = d.submit("k", "pg_tasks:unserializable")
-        context = d.submit_multi(["a", "b", "a"], "pg_tasks:context")
+        ok = d.submit(webhook_key(1, "BTC/USDT"), "tests.pg_tasks:echo", 1, (2, 3), side="buy")
+        failed = d.submit("k", "tests.pg_tasks:boom", "exchange said no")
+        bad_result = d.submit("k", "tests.pg_tasks:unserializable")
+        context = d.submit_multi(["a", "b", "a"], "tests.pg_tasks:context")
         assert ok.result(20) == {"args": [1, [2, 3]], "kwargs": {"side": "buy"}}
         error = failed.exception(20)
         assert isinstance(error, JobFailed)
@@ -193,7 +193,7 @@ def test_a_long_wait_is_logged_at_warning(
     pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        future = d.submit(webhook_key(2, "ETH/USDT"), "pg_tasks:echo")
+        future = d.submit(webhook_key(2, "ETH/USDT"), "tests.pg_tasks:echo")
         pg_worker(wait_warning=0.0)
         future.result(20)
     assert any(
@@ -205,8 +205,8 @@ def test_a_long_wait_is_logged_at_warning(
 
 def test_futures_follow_changes_made_elsewhere(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.1, max_connections=1) as d:
-        cancelled = d.submit("k", "pg_tasks:echo")
-        pruned = d.submit("j", "pg_tasks:echo")
+        cancelled = d.submit("k", "tests.pg_tasks:echo")
+        pruned = d.submit("j", "tests.pg_tasks:echo")
         assert sql(pg_dsn, f"SELECT {pg_schema}.cancel(%s)", (cancelled.job_id,)) == [(True,)]
         with pytest.raises(CancelledError):
             cancelled.result(20)
@@ -215,7 +215,7 @@ def test_futures_follow_changes_made_elsewhere(pg_dsn: str, pg_schema: str) -> N
         assert isinstance(error, JobFailed)
         assert error.error_type == "JobLost"
         # Submits from many threads share the (here: one) idle connection.
-        threads = [threading.Thread(target=d.submit, args=("k", "pg_tasks:echo")) for _ in range(4)]
+        threads = [threading.Thread(target=d.submit, args=("k", "tests.pg_tasks:echo")) for _ in range(4)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -226,13 +226,13 @@ def test_futures_follow_changes_made_elsewhere(pg_dsn: str, pg_schema: str) -> N
 @pytest.mark.parametrize(
     ("func", "args", "kwargs", "error", "match"),
     [
-        ("pg_tasks:echo", (object(),), {}, TypeError, "JSON-serializable"),
-        ("pg_tasks:echo", (math.nan,), {}, TypeError, "JSON-serializable"),
-        ("pg_tasks:echo", (), {"when": time}, TypeError, "JSON-serializable"),
+        ("tests.pg_tasks:echo", (object(),), {}, TypeError, "JSON-serializable"),
+        ("tests.pg_tasks:echo", (math.nan,), {}, TypeError, "JSON-serializable"),
+        ("tests.pg_tasks:echo", (), {"when": time}, TypeError, "JSON-serializable"),
         ("pg_tasks.echo", (), {}, ValueError, "module:function"),
-        ("pg_tasks:missing", (), {}, ImportError, "no attribute"),
+        ("tests.pg_tasks:missing", (), {}, ImportError, "no attribute"),
         ("no_such_module_kd:run", (), {}, ImportError, "cannot import"),
-        ("pg_tasks:NOT_CALLABLE", (), {}, TypeError, "not callable"),
+        ("tests.pg_tasks:NOT_CALLABLE", (), {}, TypeError, "not callable"),
     ],
 )
 def test_bad_jobs_are_refused_at_submit_and_nothing_is_written(
@@ -251,9 +251,9 @@ def test_bad_jobs_are_refused_at_submit_and_nothing_is_written(
         with pytest.raises(TypeError, match="text"):
             d.submit("k", pg_tasks.echo)  # type: ignore[arg-type]
         with pytest.raises(ValueError, match="at least one key"):
-            d.submit_multi([], "pg_tasks:echo")
+            d.submit_multi([], "tests.pg_tasks:echo")
         with pytest.raises(TypeError, match="float"):
-            d.submit(1.5, "pg_tasks:echo")
+            d.submit(1.5, "tests.pg_tasks:echo")
         assert d.stats().queued == 0
 
 
@@ -261,9 +261,9 @@ def test_results_arrive_by_notification(pg_dsn: str, pg_schema: str, pg_worker: 
     pg_worker()
     # The fallback poll runs when the listener starts, then not for 60 s.
     with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=60) as d:
-        d.submit("k", "pg_tasks:echo").result(20)
+        d.submit("k", "tests.pg_tasks:echo").result(20)
         for n in range(20):
-            assert d.submit(f"k{n}", "pg_tasks:echo", n).result(20)["args"] == [n]
+            assert d.submit(f"k{n}", "tests.pg_tasks:echo", n).result(20)["args"] == [n]
 
 
 def test_a_function_workers_cannot_import_fails_its_job_and_the_key_moves_on(
@@ -272,7 +272,7 @@ def test_a_function_workers_cannot_import_fails_its_job_and_the_key_moves_on(
     pg_worker()
     with PostgresDispatcher(pg_dsn, schema=pg_schema, verify_functions=False) as d:
         lost = d.submit("k", "no_such_module_kd:run")
-        after = d.submit("k", "pg_tasks:echo", "next")
+        after = d.submit("k", "tests.pg_tasks:echo", "next")
         error = lost.exception(20)
         assert isinstance(error, JobFailed)
         assert error.error_type == "ImportError"
@@ -340,13 +340,13 @@ def test_start_timeout_expires_in_the_database_while_the_key_is_busy(
         PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.1) as d,
         PostgresDispatcher(pg_dsn, schema=pg_schema, start_timeout=0.2, poll_interval=0.1) as hasty,
     ):
-        blocker = d.submit("k", "pg_tasks:gate", name)
+        blocker = d.submit("k", "tests.pg_tasks:gate", name)
         assert pg_tasks.started[name].wait(20)
-        stale = hasty.submit("k", "pg_tasks:context")
+        stale = hasty.submit("k", "tests.pg_tasks:context")
         with pytest.raises(StartTimeout, match="start timeout"):
             stale.result(20)
         assert not blocker.done()
-        later = d.submit("k", "pg_tasks:context")
+        later = d.submit("k", "tests.pg_tasks:context")
         pg_tasks.gates[name].set()
         assert blocker.result(20) == name
         assert later.result(20)["job_id"] == later.job_id
@@ -355,7 +355,7 @@ def test_start_timeout_expires_in_the_database_while_the_key_is_busy(
 
 def test_expiry_needs_no_worker(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema, start_timeout=0.05, poll_interval=0.1) as d:
-        future = d.submit("k", "pg_tasks:echo")
+        future = d.submit("k", "tests.pg_tasks:echo")
         with pytest.raises(StartTimeout):
             future.result(20)
 
@@ -367,9 +367,9 @@ def test_cancel_a_queued_job_and_not_a_running_one(
     pg_tasks.gates[name] = threading.Event()
     pg_tasks.started[name] = threading.Event()
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        running = d.submit("k", "pg_tasks:gate", name)
-        queued = d.submit("k", "pg_tasks:echo", "never")
-        after = d.submit("k", "pg_tasks:echo", "after")
+        running = d.submit("k", "tests.pg_tasks:gate", name)
+        queued = d.submit("k", "tests.pg_tasks:echo", "never")
+        after = d.submit("k", "tests.pg_tasks:echo", "after")
         pg_worker()
         assert pg_tasks.started[name].wait(20)
         assert queued.cancel()
@@ -388,8 +388,8 @@ def test_cancel_a_queued_job_and_not_a_running_one(
 def test_stats_show_backlog_and_oldest_wait(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
         for _ in range(3):
-            d.submit("hot", "pg_tasks:echo")
-        d.submit_multi(["hot", "cold"], "pg_tasks:echo")
+            d.submit("hot", "tests.pg_tasks:echo")
+        d.submit_multi(["hot", "cold"], "tests.pg_tasks:echo")
         wait_until(lambda: d.stats().oldest_wait_s > 0)
         stats = d.stats()
         assert stats.queued == 4
@@ -400,13 +400,13 @@ def test_stats_show_backlog_and_oldest_wait(pg_dsn: str, pg_schema: str) -> None
 
 def test_close_fails_pending_futures_and_refuses_submits(pg_dsn: str, pg_schema: str) -> None:
     d = PostgresDispatcher(pg_dsn, schema=pg_schema)
-    future = d.submit("k", "pg_tasks:echo")
+    future = d.submit("k", "tests.pg_tasks:echo")
     d.close()
     d.close()
     with pytest.raises(DispatcherClosed, match="still in the queue"):
         future.result(1)
     with pytest.raises(DispatcherClosed):
-        d.submit("k", "pg_tasks:echo")
+        d.submit("k", "tests.pg_tasks:echo")
     with pytest.raises(DispatcherClosed):
         d.install_schema()
 
@@ -417,7 +417,7 @@ def test_close_fails_pending_futures_and_refuses_submits(pg_dsn: str, pg_schema:
 def test_bad_dsn_gives_a_clear_error() -> None:
     with PostgresDispatcher("host=127.0.0.1 port=1 user=nobody password=secret", submit_timeout=5) as d:
         with pytest.raises(DatabaseUnavailable, match="cannot connect") as caught:
-            d.submit("k", "pg_tasks:echo")
+            d.submit("k", "tests.pg_tasks:echo")
         assert "secret" not in str(caught.value)
         with pytest.raises(DatabaseUnavailable):
             d.install_schema()
@@ -430,10 +430,10 @@ def test_submit_timeout_bounds_a_submit_stuck_on_a_locked_key(pg_dsn: str, pg_sc
         holder.execute(f"SELECT {pg_schema}._lock_keys(ARRAY['k'])")
         with PostgresDispatcher(pg_dsn, schema=pg_schema, submit_timeout=0.3) as d:
             with pytest.raises(SubmitTimeout, match="submit_timeout"):
-                d.submit("k", "pg_tasks:echo")
+                d.submit("k", "tests.pg_tasks:echo")
             holder.rollback()
             assert d.stats().queued == 0
-            assert d.submit("k", "pg_tasks:echo").job_id > 0
+            assert d.submit("k", "tests.pg_tasks:echo").job_id > 0
 
 
 def test_dropped_connections_lose_nothing(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
@@ -466,8 +466,8 @@ def test_a_zombies_late_result_is_rejected(pg_dsn: str, pg_schema: str) -> None:
     """Fencing, step by step through the SQL functions a worker calls."""
     s = pg_schema
     with PostgresDispatcher(pg_dsn, schema=s, poll_interval=0.1) as d:
-        future = d.submit("k", "pg_tasks:echo")
-        later = d.submit("k", "pg_tasks:echo")
+        future = d.submit("k", "tests.pg_tasks:echo")
+        later = d.submit("k", "tests.pg_tasks:echo")
         claimed = sql(pg_dsn, f"SELECT id, attempt FROM {s}.claim('zombie', 10, 0.05)")
         assert claimed == [(future.job_id, 1)]
         wait_until(lambda: sql(pg_dsn, f"SELECT {s}.recover()")[0][0] == 1)
@@ -489,7 +489,7 @@ def test_prune_removes_finished_rows_after_retention(
     pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory
 ) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        futures = [d.submit("k", "pg_tasks:echo", n) for n in range(5)]
+        futures = [d.submit("k", "tests.pg_tasks:echo", n) for n in range(5)]
         stop = pg_worker(retention=3600)
         for future in futures:
             future.result(20)
@@ -501,7 +501,7 @@ def test_prune_removes_finished_rows_after_retention(
 
 def test_worker_cli_in_burst_mode(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        futures = [d.submit(f"k{n % 2}", "pg_tasks:echo", n) for n in range(6)]
+        futures = [d.submit(f"k{n % 2}", "tests.pg_tasks:echo", n) for n in range(6)]
         argv = [
             "--dsn",
             pg_dsn,
@@ -511,7 +511,7 @@ def test_worker_cli_in_burst_mode(pg_dsn: str, pg_schema: str) -> None:
             "--concurrency",
             "2",
             "--import",
-            "pg_tasks",
+            "tests.pg_tasks",
         ]
         assert worker_main([*argv, "--install-schema", "--log-level", "WARNING"]) == 0
         assert [future.result(20)["args"] for future in futures] == [[n] for n in range(6)]
@@ -529,7 +529,7 @@ def test_worker_cli_requires_a_dsn(
 def test_dispatcher_survives_fork(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
     pg_worker()
     with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
-        assert d.submit("k", "pg_tasks:echo", "parent").result(20)["args"] == ["parent"]
+        assert d.submit("k", "tests.pg_tasks:echo", "parent").result(20)["args"] == ["parent"]
         read, write = os.pipe()
         with warnings.catch_warnings():
             # Python 3.12+ warns about fork with threads running: that is the
@@ -539,7 +539,7 @@ def test_dispatcher_survives_fork(pg_dsn: str, pg_schema: str, pg_worker: Worker
         if pid == 0:  # pragma: no cover  # the child reports through its exit status
             status = 1
             try:
-                status = 0 if d.submit("k", "pg_tasks:echo", "child").result(20)["args"] == ["child"] else 3
+                status = 0 if d.submit("k", "tests.pg_tasks:echo", "child").result(20)["args"] == ["child"] else 3
             finally:
                 os.write(write, bytes([status]))
                 os._exit(status)
@@ -547,4 +547,4 @@ def test_dispatcher_survives_fork(pg_dsn: str, pg_schema: str, pg_worker: Worker
         assert os.read(read, 1) == b"\x00"
         os.close(read)
         assert os.waitpid(pid, 0)[1] == 0
-        assert d.submit("k", "pg_tasks:echo", "parent again").result(20)["args"] == ["parent again"]
+        assert d.submit("k", "tests.pg_tasks:echo", "parent again").result(20)["args"] == ["parent again"]
