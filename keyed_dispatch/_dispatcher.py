@@ -48,8 +48,12 @@ class KeyedFuture(Future[_T]):
             return False
         owner = self._kd_owner
         job = self._kd_job
-        if owner is not None and job is not None:
-            owner._on_cancel(job)
+        if owner is not None and job is not None and owner._on_cancel(job):
+            # No worker will meet this job, so make the call a worker would
+            # make (as ThreadPoolExecutor's does): it wakes the waiters of
+            # concurrent.futures.wait() and as_completed(), which cancel()
+            # alone does not.
+            self.set_running_or_notify_cancel()
         return True
 
 
@@ -464,16 +468,21 @@ class KeyedDispatcher:
 
     # -- cancellation and start deadlines -----------------------------------
 
-    def _on_cancel(self, job: Job) -> None:
+    def _on_cancel(self, job: Job) -> bool:
         # Called by KeyedFuture.cancel after the future became CANCELLED.
+        # True if the job was retired here, so nobody else will notify the
+        # future's waiters.
         with self._lock:
             if not self._engine.kill(job, CANCELLED):
-                return  # taken by a worker, which sees the cancel itself
+                # Taken by a worker, which sees the cancel itself; or already
+                # retired (expired, or cancelled before).
+                return False
             job.future = None
             job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
             spawn = self._after_retire_locked()
         if spawn:
             self._spawn(spawn)
+        return True
 
     def _after_retire_locked(self) -> list[Job] | None:
         # Caller holds the lock; a job just left the queues.
@@ -551,10 +560,12 @@ class KeyedDispatcher:
             )
         except InvalidStateError:
             # The caller cancelled it between our kill and now; the kill
-            # already took it out of the queues. Count it as cancelled.
+            # already took it out of the queues. Count it as cancelled, and
+            # wake wait()/as_completed() (the cancel did not: see KeyedFuture).
             with self._lock:
                 self._engine.outcomes[TIMED_OUT] -= 1
                 self._engine.outcomes[CANCELLED] += 1
+            future.set_running_or_notify_cancel()
 
     # -- exclusive blocks ----------------------------------------------------
 
