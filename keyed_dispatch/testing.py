@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ._errors import KeyHalted, StartTimeout
 from ._keys import normalize_keys
 
 if TYPE_CHECKING:
@@ -228,7 +229,8 @@ class OrderRecorder:
                 if later.starts[0] < earlier.starts[0]:
                     raise AssertionError(
                         f"order inversion on key {key!r}: job {later.job_id} (admitted "
-                        f"#{later.admitted}) started before job {earlier.job_id} (admitted #{earlier.admitted})"
+                        f"#{later.admitted}) started before job {earlier.job_id} "
+                        f"(admitted #{earlier.admitted})"
                     )
                 if later.starts[0] < earlier.ends[0]:
                     raise AssertionError(
@@ -250,8 +252,6 @@ def _noop() -> None:
 def _ran_by_outcome(future: Any) -> bool:
     # Cancelled, StartTimeout and KeyHalted mean the job's body never ran;
     # a result or any other exception means it ran.
-    from ._errors import KeyHalted, StartTimeout
-
     if future.cancelled():
         return False
     return not isinstance(future.exception(), (StartTimeout, KeyHalted))
@@ -289,7 +289,7 @@ def job_specs(
     ``max_keys_per_job`` distinct keys); optionally failing or marked for
     cancellation.
     """
-    from hypothesis import strategies as st
+    from hypothesis import strategies as st  # noqa: PLC0415 - Hypothesis is optional: imported on use
 
     key = st.sampled_from(list(keys))
     single = key.map(lambda k: (k,))
@@ -312,7 +312,7 @@ def workloads(
     cancellations: bool = True,
 ) -> SearchStrategy[list[JobSpec]]:
     """A Hypothesis strategy for a list of jobs (see :func:`job_specs`)."""
-    from hypothesis import strategies as st
+    from hypothesis import strategies as st  # noqa: PLC0415 - Hypothesis is optional: imported on use
 
     return st.lists(
         job_specs(

@@ -11,7 +11,7 @@ import pytest
 from keyed_dispatch import KeyedFuture
 from keyed_dispatch._engine import TIMED_OUT
 from keyed_dispatch.testing import OrderRecorder
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_cancel_pending_job(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
@@ -55,7 +55,9 @@ def test_running_job_cannot_be_cancelled(make_dispatcher: MakeDispatcher, gates:
     assert d.stats().cancelled == 0
 
 
-def test_cancelling_the_head_lets_the_key_move_on_at_once(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
+def test_cancelling_the_head_lets_the_key_move_on_at_once(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
     # A multi-key job waiting for "a" also holds "b": cancelling it frees
     # "b" for the jobs behind it while "a" is still busy.
     d = make_dispatcher(2)
@@ -89,7 +91,9 @@ def test_cancelled_jobs_never_run_in_a_random_mix(make_dispatcher: MakeDispatche
     gate = gates.new()
     rec = OrderRecorder()
     heads = [rec.submit(d, [key], gate.wait) for key in "abc"]
-    futures = [rec.submit(d, ["abc"[i % 3], "abc"[(i + 1) % 3]] if i % 4 == 0 else ["abc"[i % 3]]) for i in range(60)]
+    futures = [
+        rec.submit(d, ["abc"[i % 3], "abc"[(i + 1) % 3]] if i % 4 == 0 else ["abc"[i % 3]]) for i in range(60)
+    ]
     cancelled = [future.cancel() for future in futures[::3]]
     assert all(cancelled)
     gate.set()
@@ -112,7 +116,7 @@ def test_cancel_from_a_done_callback_of_another_job(make_dispatcher: MakeDispatc
     first.add_done_callback(lambda _: results.append(second.cancel()))
     gate.set()
     first.result(timeout=WAIT)
-    wait_until(lambda: second.done(), what="the second job to finish or cancel")
+    wait_until(second.done, what="the second job to finish or cancel")
     # The callback runs before the worker releases the key, so it wins.
     assert results == [True]
     assert second.cancelled()

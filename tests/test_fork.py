@@ -61,7 +61,7 @@ _FORK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_child_starts_empty_and_nothing_runs_twice() -> None:
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - our own interpreter on a fixed script
         [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_SCRIPT],
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from keyed_dispatch import ShardsExhausted, webhook_key
-from tests.conftest import WAIT, Gates, MakeDispatcher
+from tests.helpers import WAIT, Gates, MakeDispatcher
 
 BTC = webhook_key(1, "BTC/USDT")
 
@@ -97,7 +97,9 @@ class CountingKey:
         return "counting-key"
 
 
-def test_disabled_levels_format_nothing(make_dispatcher: MakeDispatcher, caplog: pytest.LogCaptureFixture) -> None:
+def test_disabled_levels_format_nothing(
+    make_dispatcher: MakeDispatcher, caplog: pytest.LogCaptureFixture
+) -> None:
     # The hot path pays nothing for disabled logging: the key is never
     # formatted unless a line is emitted.
     d = make_dispatcher(2, wait_warning=None)

@@ -9,7 +9,7 @@ from collections.abc import Hashable
 import pytest
 
 from keyed_dispatch.testing import OrderRecorder
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_multi_key_job_waits_for_every_key(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
@@ -86,7 +86,11 @@ def test_duplicate_keys_collapse(make_dispatcher: MakeDispatcher, gates: Gates) 
 def test_single_key_collection_behaves_like_submit(make_dispatcher: MakeDispatcher) -> None:
     d = make_dispatcher(2)
     out: list[int] = []
-    futures = [d.submit("k", out.append, 0), d.submit_multi({"k"}, out.append, 1), d.submit("k", out.append, 2)]
+    futures = [
+        d.submit("k", out.append, 0),
+        d.submit_multi({"k"}, out.append, 1),
+        d.submit("k", out.append, 2),
+    ]
     for future in futures:
         future.result(timeout=WAIT)
     assert out == [0, 1, 2]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyed_dispatch.testing import OrderRecorder, failing
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_one_key_runs_in_program_order(make_dispatcher: MakeDispatcher) -> None:
@@ -57,7 +57,9 @@ def test_admission_order_from_many_submitting_threads(make_dispatcher: MakeDispa
     rec.check()
 
 
-def test_later_job_waits_while_earlier_job_of_its_key_runs(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
+def test_later_job_waits_while_earlier_job_of_its_key_runs(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
     d = make_dispatcher(4)
     gate = gates.new()
     started = threading.Event()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 @pytest.mark.parametrize("max_workers", [1, 2, 5])

@@ -20,7 +20,7 @@ from keyed_dispatch.testing import (
     job_specs,
     workloads,
 )
-from tests.conftest import WAIT, MakeDispatcher
+from tests.helpers import WAIT, MakeDispatcher
 
 
 def history(*jobs: RecordedJob) -> OrderRecorder:
@@ -29,7 +29,9 @@ def history(*jobs: RecordedJob) -> OrderRecorder:
     return rec
 
 
-def job(job_id: int, keys: tuple[Hashable, ...], admitted: int | None, runs: list[tuple[int, int]]) -> RecordedJob:
+def job(
+    job_id: int, keys: tuple[Hashable, ...], admitted: int | None, runs: list[tuple[int, int]]
+) -> RecordedJob:
     return RecordedJob(
         job_id=job_id,
         keys=keys,
@@ -52,7 +54,10 @@ def test_a_good_history_passes() -> None:
     ("jobs", "message"),
     [
         # Same-key overlap: job 1 started before job 0 ended.
-        ([job(0, ("a",), 0, [(0, 3)]), job(1, ("a",), 1, [(1, 2)])], "overlap on key 'a': job 1 started before job 0 ended"),
+        (
+            [job(0, ("a",), 0, [(0, 3)]), job(1, ("a",), 1, [(1, 2)])],
+            "overlap on key 'a': job 1 started before job 0 ended",
+        ),
         # Overlap through one key of a multi-key job.
         ([job(0, ("a", "b"), 0, [(0, 3)]), job(1, ("c", "b"), 1, [(2, 4)])], "overlap on key 'b'"),
         # Order inversion: job 1 (admitted second) started first.
