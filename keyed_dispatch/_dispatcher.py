@@ -604,6 +604,7 @@ class KeyedDispatcher:
                 f"this thread already holds keys {KeysText(held)} of this dispatcher; waiting for "
                 f"{KeysText(wanted)} here could deadlock. Hold all keys in one exclusive() call."
             )
+        engine = self._engine
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
             try:
@@ -635,9 +636,14 @@ class KeyedDispatcher:
             raise
         finally:
             self._local.keys = None
+            spawn: list[Job] | None = None
             with self._lock:
-                self._engine.release(job, outcome, error)
-                spawn = self._after_retire_locked()
+                # After a fork inside the block, the child's dispatcher
+                # started empty: the block belongs to the parent's engine
+                # and has nothing to release here.
+                if self._engine is engine:
+                    engine.release(job, outcome, error)
+                    spawn = self._after_retire_locked()
             if spawn:
                 self._spawn(spawn)
 
