@@ -121,4 +121,3 @@ def test_fork_inside_an_exclusive_block() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"status": 0, "completed": 1, "shards": 0}, proc.stderr
-
