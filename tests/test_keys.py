@@ -37,6 +37,7 @@ def test_webhook_key_hashes_and_compares_by_value() -> None:
     assert copy.deepcopy(webhook_key(3, "X")) == webhook_key(3, "X")
 
 
+@pytest.mark.slow
 def test_webhook_key_is_equal_across_processes() -> None:
     # Hash randomization differs per process; equality and text must not.
     code = "import json; from keyed_dispatch import webhook_key; k = webhook_key(7, 'SOL/USDT'); "

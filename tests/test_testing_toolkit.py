@@ -213,6 +213,7 @@ def test_a_wrapped_job_declared_admitted_must_run() -> None:
         rec.check()
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(workloads(keys=("x", "y", "z"), max_jobs=10, max_keys_per_job=2))
 def test_workloads_strategy_shapes(specs: list[JobSpec]) -> None:
