@@ -23,13 +23,18 @@ step under the lock, and it may start once it is at the head of all of them.
   always a live job, so an idle key holds nothing.
 
 Runnable jobs wait in ``ready``, a heap ordered by admission sequence: a free
-worker always takes the oldest runnable job. Runnable ``exclusive`` blocks
-wait in ``ready_blocks`` instead: they run in their caller's thread, so they
-are granted at once and never wait for a worker. A hot key whose next job is the
+worker always takes the oldest runnable job. A hot key whose next job is the
 oldest runnable one keeps its worker without a hand-off; once older work of
 other keys is waiting, it goes behind it. That is FIFO fairness across keys,
 and it also serves the critical path: a hot key that falls behind holds the
-oldest jobs, so it is served first.
+oldest jobs, so it is served first. One bound on top: a key that has run
+HOT_BATCH jobs in a row while runnable jobs of other keys waited for a worker
+sends its next job behind them, so a long backlog admitted before them does
+not make them wait for all of it. While a worker is free nothing waits, and a
+key's chain is never delayed.
+
+Runnable ``exclusive`` blocks wait in ``ready_blocks`` instead: they run in
+their caller's thread, so they are granted at once and never wait for a worker.
 """
 
 from __future__ import annotations
@@ -41,13 +46,17 @@ from typing import Any
 
 from ._errors import KeyHalted, StartTimeout
 
-__all__ = ["CANCELLED", "COMPLETED", "FAILED", "TIMED_OUT", "Engine", "Job"]
+__all__ = ["CANCELLED", "COMPLETED", "FAILED", "HOT_BATCH", "TIMED_OUT", "Engine", "Job"]
 
 # Job states (ints: compared on the hot path).
 QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
 RUNNING = 1  # taken by a runner; at the head of all its shards
 DONE = 2  # retired: out of every shard
 DEAD = 3  # cancelled or expired before start; left in shards lazily
+
+# Jobs a key may run in a row, one after the other, while runnable jobs of
+# other keys wait for a worker; its next job then queues behind them.
+HOT_BATCH = 16
 
 # Outcomes passed to Engine.release, indexes into Engine.outcomes.
 COMPLETED = 0
@@ -72,6 +81,7 @@ class Job:
         "future",
         "keys",
         "kwargs",
+        "rank",
         "seq",
         "state",
         "waited",
@@ -92,6 +102,7 @@ class Job:
         self.future = future
         self.state = QUEUED
         self.seq = 0
+        self.rank = 0  # place in ``ready``: seq, or later when a hot key yields
         self.blockers = 0
         self.admitted = 0.0
         self.deadline: float | None = None
@@ -101,7 +112,7 @@ class Job:
 
     def __lt__(self, other: Job) -> bool:
         # Lets heap entries be the jobs themselves (no tuple per push).
-        return self.seq < other.seq
+        return self.rank < other.rank
 
 
 class Engine:
@@ -121,6 +132,7 @@ class Engine:
         "ready_blocks",
         "running",
         "shards",
+        "streaks",
         "submitted",
     )
 
@@ -139,6 +151,8 @@ class Engine:
         self.max_wait = 0.0
         self.halt_on_error = halt_on_error
         self.halted: dict[Hashable, BaseException] = {}
+        # Jobs each key ran in a row while other runnable jobs waited.
+        self.streaks: dict[Hashable, int] = {}
 
     # -- admission ---------------------------------------------------------
 
@@ -153,7 +167,7 @@ class Engine:
         The job becomes runnable (pushed on ``ready``) if it heads every
         shard. Keys must be hashable and free of duplicates.
         """
-        job.seq = seq = self.next_seq
+        job.seq = job.rank = seq = self.next_seq
         self.next_seq = seq + 1
         job.admitted = now
         blockers = 0
@@ -248,13 +262,28 @@ class Engine:
             for key in job.keys:
                 self.halted[key] = error
         shards = self.shards
+        # Runnable jobs waiting means every worker is busy: a key whose jobs
+        # keep following each other is then counted, and after HOT_BATCH of
+        # them its next job yields to the waiting ones. With a worker free,
+        # nothing waits and the key's chain goes on undelayed.
+        waiting = bool(self.ready)
+        streaks = self.streaks
         for key in job.keys:
             shard = shards[key]
             shard.popleft()
             if shard:
-                self._advance(key, shard)
+                yields = False
+                if waiting:
+                    streak = streaks.get(key, 0) + 1
+                    yields = streak >= HOT_BATCH
+                    streaks[key] = 0 if yields else streak
+                elif streaks:
+                    streaks.pop(key, None)
+                self._advance(key, shard, yields)
             else:
                 del shards[key]
+                if streaks:
+                    streaks.pop(key, None)
 
     def kill(self, job: Job, outcome: int) -> bool:
         """Retire a job that has not started (cancelled or expired).
@@ -280,10 +309,10 @@ class Engine:
                     del shards[key]
         return True
 
-    def _advance(self, key: Hashable, shard: deque[Job]) -> None:
+    def _advance(self, key: Hashable, shard: deque[Job], yields: bool = False) -> None:
         # The head of ``shard`` was just removed and ``shard`` is not empty.
         # Drop dead jobs that surface, then the new head is one step closer
-        # to runnable.
+        # to runnable. ``yields``: the head goes behind the jobs runnable now.
         while shard:
             head = shard[0]
             if head.state == DEAD:
@@ -294,9 +323,14 @@ class Engine:
                 if head.fn is None:
                     self.ready_blocks.append(head)
                 else:
+                    if yields:
+                        head.rank = self.next_seq
+                        self.next_seq += 1
                     heapq.heappush(self.ready, head)
             return
         del self.shards[key]
+        if self.streaks:
+            self.streaks.pop(key, None)
 
     # -- introspection -----------------------------------------------------
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from keyed_dispatch._engine import HOT_BATCH
 from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
@@ -114,3 +115,21 @@ def test_hot_key_chain_keeps_its_worker_without_a_hand_off(make_dispatcher: Make
         future.result(timeout=WAIT)
     assert len(threads) == 1
     assert d.stats().workers == 1
+
+
+def test_backlogged_hot_key_yields_after_a_bounded_batch(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # The one worker is busy; the hot key has a backlog of 200 jobs, then a
+    # cold job arrives. Once the worker is free, the hot key may run a batch
+    # of jobs in a row, but the cold job must not wait for the whole backlog.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    order: list[str] = []
+    futures: list[Future[Any]] = [d.submit("hot", gate.wait)]
+    futures += [d.submit("hot", order.append, "hot") for _ in range(200)]
+    futures.append(d.submit("cold", order.append, "cold"))
+    gate.set()
+    for future in futures:
+        future.result(timeout=WAIT)
+    assert order.index("cold") <= HOT_BATCH, order.index("cold")
