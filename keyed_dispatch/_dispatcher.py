@@ -40,8 +40,10 @@ class KeyedFuture(Future[_T]):
     cannot be cancelled, as with the standard library.
     """
 
-    _kd_job: Job | None
-    _kd_owner: KeyedDispatcher | None
+    # Class defaults: a KeyedFuture made outside a dispatcher (a user's fake)
+    # is a plain Future.
+    _kd_job: Job | None = None
+    _kd_owner: KeyedDispatcher | None = None
 
     def cancel(self) -> bool:
         if not super().cancel():

@@ -157,3 +157,15 @@ def test_cancel_racing_an_expiry_still_wakes_waiters(make_dispatcher: MakeDispat
     assert done == {stale}
     stats = d.stats()
     assert (stats.cancelled, stats.timed_out) == (1, 0)
+
+
+def test_a_keyed_future_made_outside_a_dispatcher_is_a_plain_future() -> None:
+    # KeyedFuture is public: a fake dispatcher in a user's tests may create
+    # one; it must behave like a concurrent.futures.Future.
+    future: KeyedFuture[int] = KeyedFuture()
+    assert future.cancel()
+    assert future.cancelled()
+    done = KeyedFuture[int]()
+    done.set_result(3)
+    assert not done.cancel()
+    assert done.result(timeout=0) == 3
