@@ -153,7 +153,7 @@ class KeyedDispatcher:
         self._drained = threading.Condition(self._lock)
         self._timer_cond = threading.Condition(self._lock)
         self._room_waiters = 0
-        self._engine = Engine(halt_on_error=self._halt_on_error)
+        self._engine = Engine(halt_on_error=self._halt_on_error, blocks_apart=True)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
         # Workers that left the pool but may not have ended yet: shutdown

@@ -33,8 +33,9 @@ sends its next job behind them, so a long backlog admitted before them does
 not make them wait for all of it. While a worker is free nothing waits, and a
 key's chain is never delayed.
 
-Runnable ``exclusive`` blocks wait in ``ready_blocks`` instead: they run in
-their caller's thread, so they are granted at once and never wait for a worker.
+With ``blocks_apart`` (the thread runner), runnable ``exclusive`` blocks wait
+in ``ready_blocks`` instead: they run in their caller's thread, so they are
+granted at once and never wait for a worker.
 """
 
 from __future__ import annotations
@@ -81,7 +82,6 @@ class Job:
         "future",
         "keys",
         "kwargs",
-        "rank",
         "seq",
         "state",
         "waited",
@@ -101,8 +101,9 @@ class Job:
         self.kwargs = kwargs
         self.future = future
         self.state = QUEUED
+        # Admission sequence; also the job's place in ``ready``. A job that
+        # yields its place (a hot key's, see HOT_BATCH) gets a new one.
         self.seq = 0
-        self.rank = 0  # place in ``ready``: seq, or later when a hot key yields
         self.blockers = 0
         self.admitted = 0.0
         self.deadline: float | None = None
@@ -112,7 +113,7 @@ class Job:
 
     def __lt__(self, other: Job) -> bool:
         # Lets heap entries be the jobs themselves (no tuple per push).
-        return self.rank < other.rank
+        return self.seq < other.seq
 
 
 class Engine:
@@ -122,6 +123,7 @@ class Engine:
     """
 
     __slots__ = (
+        "blocks_apart",
         "halt_on_error",
         "halted",
         "max_wait",
@@ -136,11 +138,13 @@ class Engine:
         "submitted",
     )
 
-    def __init__(self, *, halt_on_error: bool) -> None:
+    def __init__(self, *, halt_on_error: bool, blocks_apart: bool = False) -> None:
         self.shards: dict[Hashable, deque[Job]] = {}
         self.ready: list[Job] = []
-        # Runnable exclusive blocks (fn is None). They run in their caller's
-        # thread, so they must not queue for a worker behind ``ready``.
+        # With ``blocks_apart``, runnable exclusive blocks (fn is None) wait
+        # here instead of in ``ready``: they run in their caller's thread, so
+        # they must not queue for a worker behind jobs (take_block).
+        self.blocks_apart = blocks_apart
         self.ready_blocks: list[Job] = []
         self.next_seq = 0
         self.pending = 0  # live jobs not started
@@ -167,7 +171,7 @@ class Engine:
         The job becomes runnable (pushed on ``ready``) if it heads every
         shard. Keys must be hashable and free of duplicates.
         """
-        job.seq = job.rank = seq = self.next_seq
+        job.seq = seq = self.next_seq
         self.next_seq = seq + 1
         job.admitted = now
         blockers = 0
@@ -183,7 +187,7 @@ class Engine:
         self.pending += 1
         self.submitted += 1
         if not blockers:
-            if job.fn is None:
+            if job.fn is None and self.blocks_apart:
                 self.ready_blocks.append(job)
             else:
                 heapq.heappush(self.ready, job)
@@ -320,11 +324,11 @@ class Engine:
                 continue
             head.blockers -= 1
             if not head.blockers:
-                if head.fn is None:
+                if head.fn is None and self.blocks_apart:
                     self.ready_blocks.append(head)
                 else:
                     if yields:
-                        head.rank = self.next_seq
+                        head.seq = self.next_seq
                         self.next_seq += 1
                     heapq.heappush(self.ready, head)
             return
