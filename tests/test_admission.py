@@ -171,3 +171,46 @@ def test_a_cancel_makes_room_for_a_waiting_submit(make_dispatcher: MakeDispatche
     assert not gate.is_set()
     gate.set()
     assert results[0].result(timeout=WAIT) == "admitted"
+
+
+@pytest.mark.parametrize("bound", ["max_shards", "max_pending"])
+def test_bounds_hold_under_concurrent_submitters(make_dispatcher: MakeDispatcher, bound: str) -> None:
+    # Four threads submit on 20 keys against a bound of 3: submits wait for
+    # room and all get in; no snapshot ever shows the bound exceeded.
+    d = make_dispatcher(2, submit_timeout=WAIT, **{bound: 3})
+    stop = threading.Event()
+    snapshots: list[tuple[int, int]] = []
+
+    def watch() -> None:
+        while True:  # at least one snapshot, even if the load is over first
+            stats = d.stats()
+            snapshots.append((stats.active_shards, stats.pending))
+            if stop.is_set():
+                return
+
+    futures: list[Future[Any]] = []
+    lock = threading.Lock()
+
+    def submit_many(n: int) -> None:
+        for i in range(50):
+            future = d.submit(f"k{(n * 50 + i) % 20}", lambda: None)
+            with lock:
+                futures.append(future)
+
+    watcher = threading.Thread(target=watch)
+    submitters = [threading.Thread(target=submit_many, args=(n,)) for n in range(4)]
+    watcher.start()
+    try:
+        for thread in submitters:
+            thread.start()
+        for thread in submitters:
+            thread.join(WAIT)
+        for future in futures:
+            future.result(timeout=WAIT)
+    finally:
+        stop.set()
+        watcher.join(WAIT)
+    assert len(futures) == 200
+    assert snapshots
+    index = 0 if bound == "max_shards" else 1
+    assert max(snapshot[index] for snapshot in snapshots) <= 3

@@ -120,8 +120,10 @@ def test_consistent_under_concurrent_load(make_dispatcher: MakeDispatcher) -> No
     snapshots: list[DispatcherStats] = []
 
     def watch() -> None:
-        while not stop.is_set():
+        while True:  # at least one snapshot, even if the load is over first
             snapshots.append(d.stats())
+            if stop.is_set():
+                return
 
     watcher = threading.Thread(target=watch)
     watcher.start()
