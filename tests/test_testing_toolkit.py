@@ -91,6 +91,16 @@ def test_a_job_never_admitted_and_never_run_is_fine() -> None:
     history(job(0, ("a",), None, [])).check()
 
 
+def test_a_job_declared_to_run_must_run_even_without_admission() -> None:
+    rec = OrderRecorder()
+    wrapped = rec.wrap(["a"])
+    rec.expect(wrapped, ran=True)
+    with pytest.raises(AssertionError, match="was expected to run but never ran"):
+        rec.check()
+    wrapped()
+    rec.check()
+
+
 def test_an_unfinished_future_is_reported() -> None:
     pending = job(0, ("a",), 0, [])
     pending.future = Future()
