@@ -45,16 +45,22 @@ class KeyedFuture(Future[_T]):
     cannot be cancelled, as with the standard library.
     """
 
-    _kd_job: Job | None
-    _kd_owner: KeyedDispatcher | None
+    # Class defaults: a KeyedFuture made outside a dispatcher (a user's fake)
+    # is a plain Future.
+    _kd_job: Job | None = None
+    _kd_owner: KeyedDispatcher | None = None
 
     def cancel(self) -> bool:
         if not super().cancel():
             return False
         owner = self._kd_owner
         job = self._kd_job
-        if owner is not None and job is not None:
-            owner._on_cancel(job)
+        if owner is not None and job is not None and owner._on_cancel(job):
+            # No worker will meet this job, so make the call a worker would
+            # make (as ThreadPoolExecutor's does): it wakes the waiters of
+            # concurrent.futures.wait() and as_completed(), which cancel()
+            # alone does not.
+            self.set_running_or_notify_cancel()
         return True
 
 
@@ -609,16 +615,21 @@ class KeyedDispatcher:
 
     # -- cancellation and start deadlines -----------------------------------
 
-    def _on_cancel(self, job: Job) -> None:
+    def _on_cancel(self, job: Job) -> bool:
         # Called by KeyedFuture.cancel after the future became CANCELLED.
+        # True if the job was retired here, so nobody else will notify the
+        # future's waiters.
         with self._lock:
             if not self._engine.kill(job, CANCELLED):
-                return  # taken by a worker, which sees the cancel itself
+                # Taken by a worker, which sees the cancel itself; or already
+                # retired (expired, or cancelled before).
+                return False
             job.future = None
             job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
             spawn = self._after_retire_locked()
         if spawn:
             self._spawn(spawn)
+        return True
 
     def _after_retire_locked(self) -> list[Job] | None:
         # Caller holds the lock; a job just left the queues.
@@ -696,10 +707,12 @@ class KeyedDispatcher:
             )
         except InvalidStateError:
             # The caller cancelled it between our kill and now; the kill
-            # already took it out of the queues. Count it as cancelled.
+            # already took it out of the queues. Count it as cancelled, and
+            # wake wait()/as_completed() (the cancel did not: see KeyedFuture).
             with self._lock:
                 self._engine.outcomes[TIMED_OUT] -= 1
                 self._engine.outcomes[CANCELLED] += 1
+            future.set_running_or_notify_cancel()
 
     # -- exclusive blocks ----------------------------------------------------
 
@@ -739,6 +752,7 @@ class KeyedDispatcher:
                 f"exclusive block); waiting for {KeysText(wanted)} here could deadlock. Submit a job "
                 f"instead, or hold all the keys in one exclusive() call."
             )
+        engine = self._engine
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
             try:
@@ -770,9 +784,14 @@ class KeyedDispatcher:
             raise
         finally:
             self._local.keys = None
+            spawn: list[Job] | None = None
             with self._lock:
-                self._engine.release(job, outcome, error)
-                spawn = self._after_retire_locked()
+                # After a fork inside the block, the child's dispatcher
+                # started empty: the block belongs to the parent's engine
+                # and has nothing to release here.
+                if self._engine is engine:
+                    engine.release(job, outcome, error)
+                    spawn = self._after_retire_locked()
             if spawn:
                 self._spawn(spawn)
 

@@ -22,14 +22,26 @@ step under the lock, and it may start once it is at the head of all of them.
 * Bounded memory: a shard exists only while it is non-empty, and its head is
   always a live job, so an idle key holds nothing.
 
-Runnable jobs wait in ``ready``, a heap ordered by admission sequence: a free
-worker always takes the oldest runnable job. Runnable ``exclusive`` blocks
-wait in ``ready_blocks`` instead: they run in their caller's thread, so they
-are granted at once and never wait for a worker. A hot key whose next job is the
-oldest runnable one keeps its worker without a hand-off; once older work of
-other keys is waiting, it goes behind it. That is FIFO fairness across keys,
-and it also serves the critical path: a hot key that falls behind holds the
-oldest jobs, so it is served first.
+Fairness
+--------
+Runnable jobs wait in ``ready``, a heap ordered by ``seq`` (the admission
+sequence): a free worker always takes the oldest runnable job. A key whose
+next job is the oldest runnable one keeps its worker without a hand-off; a
+key whose next job is younger than a waiting job goes behind it. That also
+serves the critical path: a hot key that falls behind holds the oldest jobs,
+so it is served first and its chain is not delayed.
+
+One bound on top, so that a long backlog admitted *before* other keys' jobs
+does not make them wait for all of it: a key that has run ``HOT_BATCH`` jobs
+in a row, each older than every waiting job, lets the oldest waiting job go
+first (its next job takes a ``seq`` just behind that one). So a waiting job
+gets a worker after at most ``HOT_BATCH`` jobs of each key ahead of it, and
+a hot key gives up one turn per ``HOT_BATCH`` jobs, not its place in line.
+While nothing waits (a worker is free), a key's chain is never delayed.
+
+Runnable ``exclusive`` blocks wait in ``ready_blocks`` instead: they run in
+their caller's thread, so they are granted at once and never wait for a
+worker behind jobs.
 """
 
 from __future__ import annotations
@@ -41,13 +53,17 @@ from typing import Any
 
 from ._errors import KeyHalted, StartTimeout
 
-__all__ = ["CANCELLED", "COMPLETED", "FAILED", "TIMED_OUT", "Engine", "Job"]
+__all__ = ["CANCELLED", "COMPLETED", "FAILED", "HOT_BATCH", "TIMED_OUT", "Engine", "Job"]
 
 # Job states (ints: compared on the hot path).
 QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
 RUNNING = 1  # taken by a runner; at the head of all its shards
 DONE = 2  # retired: out of every shard
 DEAD = 3  # cancelled or expired before start; left in shards lazily
+
+# Jobs a key may run in a row ahead of waiting jobs of other keys before it
+# lets the oldest of them go first (see "Fairness" above).
+HOT_BATCH = 16
 
 # Outcomes passed to Engine.release, indexes into Engine.outcomes.
 COMPLETED = 0
@@ -74,6 +90,7 @@ class Job:
         "kwargs",
         "seq",
         "state",
+        "streak",
         "waited",
     )
 
@@ -91,8 +108,13 @@ class Job:
         self.kwargs = kwargs
         self.future = future
         self.state = QUEUED
-        self.seq = 0
+        # Admission sequence; also the job's place in ``ready``. A job that
+        # yields its place (a hot key's, see HOT_BATCH) gets a new one.
+        self.seq: float = 0
         self.blockers = 0
+        # Jobs of this job's key that ran in a row ahead of waiting jobs,
+        # this one excluded (single-key chains only; see HOT_BATCH).
+        self.streak = 0
         self.admitted = 0.0
         self.deadline: float | None = None
         self.waited = 0.0
@@ -127,8 +149,9 @@ class Engine:
     def __init__(self, *, halt_on_error: bool) -> None:
         self.shards: dict[Hashable, deque[Job]] = {}
         self.ready: list[Job] = []
-        # Runnable exclusive blocks (fn is None). They run in their caller's
-        # thread, so they must not queue for a worker behind ``ready``.
+        # Runnable exclusive blocks (fn is None) wait here instead of in
+        # ``ready``: they run in their caller's thread, so they must not
+        # queue for a worker behind jobs (take_block).
         self.ready_blocks: list[Job] = []
         self.next_seq = 0
         self.pending = 0  # live jobs not started
@@ -262,16 +285,22 @@ class Engine:
             del self.shards[key]
         else:
             head = shard[0]
-            ready = self.ready
-            if (
-                head.state == QUEUED
-                and head.blockers == 1
-                and head.fn is not None  # a block goes to ready_blocks
-                and (not ready or head.seq < ready[0].seq)
-            ):
-                head.blockers = 0
-                return self._start(head, now)
-            self._advance(key, shard)
+            if head.state == QUEUED and head.blockers == 1 and head.fn is not None:
+                # The successor needs only this key (blocks go to
+                # ready_blocks). Run it here if take() would pick it: nothing
+                # waits, or it is the oldest runnable job and its key has
+                # not used up its batch ahead of the waiting ones.
+                ready = self.ready
+                if not ready:
+                    head.blockers = 0
+                    head.streak = 0
+                    return self._start(head, now)
+                streak = job.streak + 1
+                if streak < HOT_BATCH and head.seq < ready[0].seq:
+                    head.blockers = 0
+                    head.streak = streak
+                    return self._start(head, now)
+            self._advance(key, shard, job.streak + 1)
         return self.take(now)
 
     def take_block(self, now: float) -> Job | None:
@@ -313,11 +342,14 @@ class Engine:
             for key in job.keys:
                 self.halted[key] = error
         shards = self.shards
+        # A chain's streak counts single-key jobs only: a multi-key job
+        # already waited for several keys.
+        streak = job.streak + 1 if len(job.keys) == 1 else 0
         for key in job.keys:
             shard = shards[key]
             shard.popleft()
             if shard:
-                self._advance(key, shard)
+                self._advance(key, shard, streak)
             else:
                 del shards[key]
 
@@ -345,10 +377,11 @@ class Engine:
                     del shards[key]
         return True
 
-    def _advance(self, key: Hashable, shard: deque[Job]) -> None:
+    def _advance(self, key: Hashable, shard: deque[Job], streak: int = 0) -> None:
         # The head of ``shard`` was just removed and ``shard`` is not empty.
         # Drop dead jobs that surface, then the new head is one step closer
-        # to runnable.
+        # to runnable. ``streak``: jobs of this key that ran in a row, the
+        # removed one included (0 if it was not a run of this chain).
         while shard:
             head = shard[0]
             if head.state == DEAD:
@@ -358,8 +391,19 @@ class Engine:
             if not head.blockers:
                 if head.fn is None:
                     self.ready_blocks.append(head)
+                    return
+                ready = self.ready
+                while ready and ready[0].state != QUEUED:
+                    heapq.heappop(ready)  # killed while runnable
+                if not ready or head.seq > ready[0].seq:
+                    head.streak = 0  # nothing waits, or it queues behind
+                elif streak >= HOT_BATCH:
+                    # Its batch is used up: the oldest waiting job goes first.
+                    head.seq = ready[0].seq + 0.5
+                    head.streak = 0
                 else:
-                    heapq.heappush(self.ready, head)
+                    head.streak = streak
+                heapq.heappush(ready, head)
             return
         del self.shards[key]
 
@@ -371,8 +415,8 @@ class Engine:
         for shard in self.shards.values():
             for job in shard:
                 if job.state == QUEUED:
-                    seen[job.seq] = job
-        return [seen[seq] for seq in sorted(seen)]
+                    seen[id(job)] = job
+        return sorted(seen.values(), key=lambda job: job.seq)
 
     def resume(self, key: Hashable) -> bool:
         """Lift a halt; True if ``key`` was halted."""

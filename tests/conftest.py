@@ -3,9 +3,7 @@ and a PostgreSQL server started once per session, on demand."""
 
 from __future__ import annotations
 
-import itertools
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -13,52 +11,8 @@ from typing import Any
 
 import pytest
 
-from keyed_dispatch import DispatcherConfig, KeyedDispatcher
-
-_names = itertools.count(1)
-
-# Generous: only a broken dispatcher gets near it, and a failing test must
-# still end long before pytest-timeout's 60 s.
-WAIT = 10.0
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT, what: str = "condition") -> None:
-    """Poll ``predicate`` until it holds; fail the test after ``timeout`` seconds.
-
-    Polling with a deadline is how tests synchronize with state they cannot
-    wait on directly (``stats()``, thread liveness); the short sleep only
-    paces the poll.
-    """
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.001)
-
-
-def threads_named(prefix: str) -> list[threading.Thread]:
-    """The live threads whose name starts with ``prefix``."""
-    return [t for t in threading.enumerate() if t.name.startswith(prefix)]
-
-
-class Gates:
-    """Events that hold jobs; every gate is opened at teardown.
-
-    A test that fails while a job waits on a gate must not leave the
-    dispatcher's shutdown waiting for ever.
-    """
-
-    def __init__(self) -> None:
-        self._events: list[threading.Event] = []
-
-    def new(self) -> threading.Event:
-        event = threading.Event()
-        self._events.append(event)
-        return event
-
-    def open_all(self) -> None:
-        for event in self._events:
-            event.set()
+from keyed_dispatch import KeyedDispatcher
+from tests.helpers import Gates, MakeDispatcher, close_and_check, new_dispatcher
 
 
 @pytest.fixture
@@ -68,35 +22,24 @@ def gates() -> Iterator[Gates]:
     g.open_all()
 
 
-MakeDispatcher = Callable[..., KeyedDispatcher]
-
-
 @pytest.fixture
 def make_dispatcher(gates: Gates) -> Iterator[MakeDispatcher]:
-    """A factory of dispatchers with a unique thread-name prefix.
+    """A factory of dispatchers (see :func:`new_dispatcher`).
 
-    Settings come from a fresh ``DispatcherConfig`` (never the environment)
-    unless the test passes ``config``. At teardown every gate opens, each
-    dispatcher is shut down with ``wait=True``, and no thread it started may
-    be left alive.
+    At teardown every gate opens, each dispatcher is shut down with
+    ``wait=True``, and no thread it started may be left alive.
     """
-    created: list[tuple[KeyedDispatcher, str]] = []
+    created: list[KeyedDispatcher] = []
 
     def make(max_workers: int | None = 4, **kwargs: Any) -> KeyedDispatcher:
-        name = kwargs.pop("name", None) or f"kd-test-{next(_names)}"
-        kwargs.setdefault("config", DispatcherConfig())
-        dispatcher = KeyedDispatcher(max_workers, name=name, **kwargs)
-        created.append((dispatcher, name))
+        dispatcher = new_dispatcher(max_workers, **kwargs)
+        created.append(dispatcher)
         return dispatcher
 
     yield make
     gates.open_all()
-    for dispatcher, name in created:
-        dispatcher.shutdown(wait=True)
-        # shutdown(wait=True) joins every thread the dispatcher started.
-        assert threads_named(name + "_") == [], f"threads of {name} outlived shutdown(wait=True)"
-        stats = dispatcher.stats()
-        assert stats.pending == stats.running == stats.workers == 0, stats
+    for dispatcher in created:
+        close_and_check(dispatcher)
 
 
 @pytest.fixture

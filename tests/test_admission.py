@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from keyed_dispatch import DispatcherClosed, ShardsExhausted, SubmitTimeout
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_a_shard_lives_only_while_its_key_has_work(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
@@ -52,7 +52,7 @@ def test_live_keys_are_never_blocked_by_the_shard_bound(
     # submit_timeout=0 would raise at once if the submit waited for room.
     d = make_dispatcher(4, max_shards=2, submit_timeout=0)
     gate = gates.new()
-    futures = [d.submit("a", gate.wait), d.submit("b", gate.wait)]
+    futures: list[Future[Any]] = [d.submit("a", gate.wait), d.submit("b", gate.wait)]
     futures += [d.submit("a", lambda: None), d.submit_multi(["b", "a"], lambda: None)]
     with pytest.raises(ShardsExhausted):
         d.submit_multi(["a", "c"], lambda: None)
@@ -90,7 +90,11 @@ def test_max_pending_raises_submit_timeout_and_leaves_no_trace(
 ) -> None:
     d = make_dispatcher(4, max_pending=2, submit_timeout=0.01)
     gate = gates.new()
-    futures = [d.submit("a", gate.wait), d.submit("a", lambda: None), d.submit("a", lambda: None)]
+    futures: list[Future[Any]] = [
+        d.submit("a", gate.wait),
+        d.submit("a", lambda: None),
+        d.submit("a", lambda: None),
+    ]
     before = d.stats()
     assert (before.running, before.pending) == (1, 2)
     ran = threading.Event()
@@ -148,3 +152,65 @@ def test_submit_waiting_for_room_raises_dispatcher_closed_on_shutdown(
     gate.set()
     d.shutdown(wait=True)
     assert d.stats().submitted == 2
+
+
+def test_a_cancel_makes_room_for_a_waiting_submit(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
+    d = make_dispatcher(1, max_pending=1, submit_timeout=WAIT)
+    gate = gates.new()
+    d.submit("a", gate.wait)
+    doomed = d.submit("a", lambda: None)
+    results: list[Future[Any]] = []
+    submitter = threading.Thread(target=lambda: results.append(d.submit("a", lambda: "admitted")))
+    submitter.start()
+    submitter.join(timeout=0.05)
+    assert submitter.is_alive()
+    # Retiring the pending job, not finishing the running one, frees room.
+    assert doomed.cancel()
+    submitter.join(timeout=WAIT)
+    assert not submitter.is_alive()
+    assert not gate.is_set()
+    gate.set()
+    assert results[0].result(timeout=WAIT) == "admitted"
+
+
+@pytest.mark.parametrize("bound", ["max_shards", "max_pending"])
+def test_bounds_hold_under_concurrent_submitters(make_dispatcher: MakeDispatcher, bound: str) -> None:
+    # Four threads submit on 20 keys against a bound of 3: submits wait for
+    # room and all get in; no snapshot ever shows the bound exceeded.
+    d = make_dispatcher(2, submit_timeout=WAIT, **{bound: 3})
+    stop = threading.Event()
+    snapshots: list[tuple[int, int]] = []
+
+    def watch() -> None:
+        while True:  # at least one snapshot, even if the load is over first
+            stats = d.stats()
+            snapshots.append((stats.active_shards, stats.pending))
+            if stop.is_set():
+                return
+
+    futures: list[Future[Any]] = []
+    lock = threading.Lock()
+
+    def submit_many(n: int) -> None:
+        for i in range(50):
+            future = d.submit(f"k{(n * 50 + i) % 20}", lambda: None)
+            with lock:
+                futures.append(future)
+
+    watcher = threading.Thread(target=watch)
+    submitters = [threading.Thread(target=submit_many, args=(n,)) for n in range(4)]
+    watcher.start()
+    try:
+        for thread in submitters:
+            thread.start()
+        for thread in submitters:
+            thread.join(WAIT)
+        for future in futures:
+            future.result(timeout=WAIT)
+    finally:
+        stop.set()
+        watcher.join(WAIT)
+    assert len(futures) == 200
+    assert snapshots
+    index = 0 if bound == "max_shards" else 1
+    assert max(snapshot[index] for snapshot in snapshots) <= 3

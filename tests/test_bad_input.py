@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyed_dispatch import ConfigError, DispatcherConfig, KeyedDispatcher
-from tests.conftest import MakeDispatcher
+from tests.helpers import MakeDispatcher
 
 
 @pytest.mark.parametrize(
@@ -84,14 +84,14 @@ def test_empty_key_set(make_dispatcher: MakeDispatcher) -> None:
 @pytest.mark.parametrize("value", [-1, -0.5, math.nan])
 def test_negative_or_nan_timeouts(name: str, value: float) -> None:
     with pytest.raises(ValueError, match=name) as info:
-        KeyedDispatcher(1, config=DispatcherConfig(), **{name: value})
+        KeyedDispatcher(1, config=DispatcherConfig(), **{name: value})  # type: ignore[arg-type]
     assert isinstance(info.value, ConfigError)
 
 
 @pytest.mark.parametrize("name", ["start_timeout", "wait_warning", "idle_timeout"])
 def test_infinite_optional_timeouts_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="finite"):
-        DispatcherConfig(**{name: math.inf})
+        DispatcherConfig(**{name: math.inf})  # type: ignore[arg-type]
 
 
 def test_infinite_submit_timeout_is_allowed() -> None:
@@ -103,7 +103,7 @@ def test_infinite_submit_timeout_is_allowed() -> None:
 )
 def test_counts_below_one(name: str, value: int) -> None:
     with pytest.raises(ConfigError, match=f"{name} must be >= 1, got {value}"):
-        KeyedDispatcher(config=DispatcherConfig(), **{name: value})
+        KeyedDispatcher(config=DispatcherConfig(), **{name: value})  # type: ignore[arg-type]
 
 
 def test_zero_idle_timeout() -> None:

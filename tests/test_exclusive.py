@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyed_dispatch import DispatcherClosed, StartTimeout
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, settle, wait_until
 
 
 def test_block_holds_its_keys_and_later_jobs_wait(make_dispatcher: MakeDispatcher) -> None:
@@ -19,8 +19,8 @@ def test_block_holds_its_keys_and_later_jobs_wait(make_dispatcher: MakeDispatche
         later = [d.submit("a", order.append, "job a"), d.submit("b", order.append, "job b")]
         free = d.submit("c", lambda: "c runs")
         assert free.result(timeout=WAIT) == "c runs"
-        stats = d.stats()
-        assert (stats.running, stats.pending) == (1, 2)
+        wait_until(lambda: d.stats().running == 1, what="the job on c to retire")
+        assert d.stats().pending == 2
         order.append("block")
     for future in later:
         future.result(timeout=WAIT)
@@ -135,6 +135,7 @@ def test_error_in_block_propagates_and_releases(make_dispatcher: MakeDispatcher)
     with pytest.raises(LookupError), d.exclusive(["k"]):
         raise LookupError
     assert d.submit("k", lambda: 1).result(timeout=WAIT) == 1
+    settle(d)
     stats = d.stats()
     assert (stats.failed, stats.completed, stats.active_shards) == (1, 1, 0)
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from concurrent.futures import Executor, TimeoutError as FuturesTimeoutError
+from concurrent.futures import Executor
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 
 import pytest
 
 from keyed_dispatch import DispatcherClosed, KeyExecutor
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_submit_runs_on_the_key_in_order_with_the_dispatcher(
@@ -22,7 +23,12 @@ def test_submit_runs_on_the_key_in_order_with_the_dispatcher(
     assert ex.key == "k"
     gate = gates.new()
     order: list[str] = []
-    blocker = d.submit("k", lambda: (gate.wait(WAIT), order.append("dispatcher"))[1])
+
+    def earlier() -> None:
+        gate.wait(WAIT)
+        order.append("dispatcher")
+
+    blocker = d.submit("k", earlier)
     through_view = ex.submit(order.append, "view")
     assert not through_view.done()
     gate.set()
@@ -103,11 +109,13 @@ def test_usable_with_run_in_executor(make_dispatcher: MakeDispatcher) -> None:
     ex = d.executor(("strategy", 1))
     order: list[int] = []
 
+    def record(i: int) -> int:
+        order.append(i)
+        return i
+
     async def main() -> list[int]:
         loop = asyncio.get_running_loop()
-        return await asyncio.gather(
-            *(loop.run_in_executor(ex, lambda i=i: (order.append(i), i)[1]) for i in range(20))
-        )
+        return await asyncio.gather(*(loop.run_in_executor(ex, record, i) for i in range(20)))
 
     assert asyncio.run(main()) == list(range(20))
     assert order == list(range(20))
@@ -120,3 +128,20 @@ def test_closed_dispatcher_refuses_view_submits(make_dispatcher: MakeDispatcher)
     d.shutdown()
     with pytest.raises(DispatcherClosed):
         ex.submit(print)
+
+
+def test_shutdown_wait_with_cancel_futures(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
+    d = make_dispatcher(2)
+    gate = gates.new()
+    ex = d.executor("k")
+    running = ex.submit(gate.wait)
+    queued = [ex.submit(print, "never") for _ in range(3)]
+    stopper = threading.Thread(target=ex.shutdown, kwargs={"wait": True, "cancel_futures": True})
+    stopper.start()
+    wait_until(lambda: all(f.cancelled() for f in queued), what="the queued jobs to be cancelled")
+    # It still waits for the running one.
+    stopper.join(timeout=0.05)
+    assert stopper.is_alive()
+    gate.set()
+    stopper.join(timeout=WAIT)
+    assert running.result(timeout=0) is True

@@ -61,7 +61,7 @@ _FORK_SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_child_starts_empty_and_nothing_runs_twice() -> None:
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - our own interpreter on a fixed script
         [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_SCRIPT],
         capture_output=True,
         text=True,
@@ -73,3 +73,51 @@ def test_child_starts_empty_and_nothing_runs_twice() -> None:
     assert report["status"] == 0, proc.stderr
     # The parent's queued job ran once, in the parent; the child's job in the child.
     assert report["runs"] == [["child-job", str(report["child"])], ["parent-job", str(report["parent"])]]
+
+
+_FORK_IN_BLOCK_SCRIPT = textwrap.dedent(
+    """
+    import json, os, traceback
+    from keyed_dispatch import DispatcherConfig, KeyedDispatcher
+
+    d = KeyedDispatcher(2, config=DispatcherConfig())
+    parent = os.getpid()
+    try:
+        with d.exclusive(["k"]):
+            pid = os.fork()
+    except BaseException:
+        if os.getpid() != parent:
+            traceback.print_exc()
+            os._exit(2)
+        raise
+    # Both processes leave the block here; the child's dispatcher started
+    # empty and must not try to release the parent's block.
+    if pid == 0:
+        code = 1
+        try:
+            s = d.stats()
+            assert (s.pending, s.running, s.active_shards, s.submitted) == (0, 0, 0, 0), s
+            assert d.submit("k", lambda: 5).result(timeout=30) == 5
+            d.shutdown()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    s = d.stats()
+    d.shutdown()
+    print(json.dumps({"status": status, "completed": s.completed, "shards": s.active_shards}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_fork_inside_an_exclusive_block() -> None:
+    proc = subprocess.run(  # noqa: S603 - our own interpreter on a fixed script
+        [sys.executable, "-W", "ignore::DeprecationWarning", "-c", _FORK_IN_BLOCK_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"status": 0, "completed": 1, "shards": 0}, proc.stderr

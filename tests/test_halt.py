@@ -8,23 +8,24 @@ import pytest
 
 from keyed_dispatch import KeyedDispatchError, KeyHalted
 from keyed_dispatch.testing import failing
-from tests.conftest import WAIT, Gates, MakeDispatcher
+from tests.helpers import WAIT, Gates, MakeDispatcher, settle
 
 
-class OrderRejected(Exception):
+class OrderRejectedError(Exception):
     pass
 
 
 def reject() -> None:
-    raise OrderRejected("cancel failed")
+    raise OrderRejectedError("cancel failed")
 
 
 def test_error_is_set_on_the_future_and_the_key_continues(make_dispatcher: MakeDispatcher) -> None:
     d = make_dispatcher(2)
     bad = d.submit("k", reject)
     good = d.submit("k", lambda: "next")
-    assert isinstance(bad.exception(timeout=WAIT), OrderRejected)
+    assert isinstance(bad.exception(timeout=WAIT), OrderRejectedError)
     assert good.result(timeout=WAIT) == "next"
+    settle(d)
     stats = d.stats()
     assert (stats.failed, stats.completed, stats.halted_keys) == (1, 1, 0)
 
@@ -55,13 +56,13 @@ def test_halt_fails_pending_and_later_jobs_until_resume(
     pending = d.submit("k", ran.set)
     other = d.submit("other", lambda: "other runs")
     gate.set()
-    assert isinstance(bad.exception(timeout=WAIT), OrderRejected)
+    assert isinstance(bad.exception(timeout=WAIT), OrderRejectedError)
     error = pending.exception(timeout=WAIT)
     assert isinstance(error, KeyHalted)
     assert isinstance(error, KeyedDispatchError)
     assert isinstance(error, RuntimeError)
     assert error.key == "k"
-    assert isinstance(error.__cause__, OrderRejected)
+    assert isinstance(error.__cause__, OrderRejectedError)
     later = d.submit("k", ran.set)
     assert isinstance(later.exception(timeout=WAIT), KeyHalted)
     assert other.result(timeout=WAIT) == "other runs"
@@ -73,6 +74,7 @@ def test_halt_fails_pending_and_later_jobs_until_resume(
     assert d.resume("k") is False
     assert d.halted_keys() == frozenset()
     assert d.submit("k", lambda: "resumed").result(timeout=WAIT) == "resumed"
+    settle(d)
     stats = d.stats()
     assert (stats.failed, stats.completed) == (3, 2)
 
@@ -94,11 +96,11 @@ def test_multi_key_failure_halts_every_key_and_multi_key_jobs_see_halts(
 
 def test_exclusive_block_error_halts_and_halted_block_raises(make_dispatcher: MakeDispatcher) -> None:
     d = make_dispatcher(1, halt_on_error=True)
-    with pytest.raises(OrderRejected), d.exclusive(["k"]):
+    with pytest.raises(OrderRejectedError), d.exclusive(["k"]):
         reject()
     with pytest.raises(KeyHalted) as info, d.exclusive(["k"], timeout=WAIT):
         pytest.fail("a halted key's block must not run")
-    assert isinstance(info.value.__cause__, OrderRejected)
+    assert isinstance(info.value.__cause__, OrderRejectedError)
     d.resume("k")
     with d.exclusive(["k"], timeout=WAIT):
         pass
@@ -107,4 +109,4 @@ def test_exclusive_block_error_halts_and_halted_block_raises(make_dispatcher: Ma
 def test_resume_rejects_unhashable_keys(make_dispatcher: MakeDispatcher) -> None:
     d = make_dispatcher(1)
     with pytest.raises(TypeError, match="unhashable list"):
-        d.resume(["k"])
+        d.resume(["k"])  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ import pytest
 
 from keyed_dispatch import WebhookKey, webhook_key
 from keyed_dispatch._keys import KeysText, normalize_keys
-from tests.conftest import WAIT, MakeDispatcher
+from tests.helpers import WAIT, MakeDispatcher
 
 
 class Side(Enum):
@@ -37,11 +37,14 @@ def test_webhook_key_hashes_and_compares_by_value() -> None:
     assert copy.deepcopy(webhook_key(3, "X")) == webhook_key(3, "X")
 
 
+@pytest.mark.slow
 def test_webhook_key_is_equal_across_processes() -> None:
     # Hash randomization differs per process; equality and text must not.
     code = "import json; from keyed_dispatch import webhook_key; k = webhook_key(7, 'SOL/USDT'); "
     code += "print(json.dumps([k, hash(k) == hash((7, 'SOL/USDT')), str(k)]))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run(  # noqa: S603 - our own interpreter on a fixed script
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
     fields, same_hash, text = json.loads(out.stdout)
     assert webhook_key(*fields) == webhook_key(7, "SOL/USDT")
     assert same_hash
@@ -50,7 +53,7 @@ def test_webhook_key_is_equal_across_processes() -> None:
 
 def test_webhook_key_rejects_unhashable_parts() -> None:
     with pytest.raises(TypeError, match="int and list"):
-        webhook_key(1, ["BTC"])
+        webhook_key(1, ["BTC"])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from keyed_dispatch import ShardsExhausted, webhook_key
-from tests.conftest import WAIT, Gates, MakeDispatcher
+from tests.helpers import WAIT, Gates, MakeDispatcher
 
 BTC = webhook_key(1, "BTC/USDT")
 

@@ -9,7 +9,7 @@ from collections.abc import Hashable
 import pytest
 
 from keyed_dispatch.testing import OrderRecorder
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_multi_key_job_waits_for_every_key(make_dispatcher: MakeDispatcher, gates: Gates) -> None:

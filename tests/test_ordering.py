@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from keyed_dispatch.testing import OrderRecorder, failing
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_one_key_runs_in_program_order(make_dispatcher: MakeDispatcher) -> None:

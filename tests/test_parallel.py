@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from keyed_dispatch._engine import HOT_BATCH
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 @pytest.mark.parametrize("max_workers", [1, 2, 5])
@@ -114,3 +115,44 @@ def test_hot_key_chain_keeps_its_worker_without_a_hand_off(make_dispatcher: Make
         future.result(timeout=WAIT)
     assert len(threads) == 1
     assert d.stats().workers == 1
+
+
+def test_backlogged_hot_key_yields_after_a_bounded_batch(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # The one worker is busy; the hot key has a backlog of 200 jobs, then a
+    # cold job arrives. Once the worker is free, the hot key may run a batch
+    # of jobs in a row, but the cold job must not wait for the whole backlog.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    order: list[str] = []
+    futures: list[Future[Any]] = [d.submit("hot", gate.wait)]
+    futures += [d.submit("hot", order.append, "hot") for _ in range(200)]
+    futures.append(d.submit("cold", order.append, "cold"))
+    gate.set()
+    for future in futures:
+        future.result(timeout=WAIT)
+    assert order.index("cold") <= HOT_BATCH, order.index("cold")
+
+
+def test_hot_key_gives_up_one_turn_per_batch_not_its_place(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # One worker; the hot key's backlog was admitted before five cold jobs.
+    # After each batch the hot key lets the oldest waiting job go first and
+    # then carries on: it is not sent behind every waiting job, so a hot key
+    # that is the critical path loses one turn per batch, not a round.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    order: list[str] = []
+    futures: list[Future[Any]] = [d.submit("hot", gate.wait)]
+    futures += [d.submit("hot", order.append, "hot") for _ in range(100)]
+    futures += [d.submit(f"cold{n}", order.append, f"cold{n}") for n in range(5)]
+    gate.set()
+    for future in futures:
+        future.result(timeout=WAIT)
+    cold_positions = [order.index(f"cold{n}") for n in range(5)]
+    # The gate job was the first of the hot key's run: HOT_BATCH - 1 more hot
+    # jobs, then cold0; then HOT_BATCH hot jobs before each next cold job.
+    first = HOT_BATCH - 1
+    assert cold_positions == [first + n * (HOT_BATCH + 1) for n in range(5)], cold_positions

@@ -15,7 +15,7 @@ import pytest
 
 import keyed_dispatch._dispatcher as dispatcher_module
 from keyed_dispatch import DispatcherClosed, DispatcherConfig, KeyedDispatcher
-from tests.conftest import WAIT, Gates, MakeDispatcher, threads_named, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, settle, threads_named, wait_until
 
 
 def test_shutdown_runs_what_was_admitted_and_closes(make_dispatcher: MakeDispatcher) -> None:
@@ -109,7 +109,6 @@ def test_idle_workers_exit_after_idle_timeout(make_dispatcher: MakeDispatcher) -
     futures = [d.submit(key, barrier.wait, WAIT) for key in "abc"]
     for future in futures:
         future.result(timeout=WAIT)
-    assert d.stats().workers == 3
     wait_until(lambda: d.stats().workers == 0, what="idle workers to exit")
     assert d.stats().idle_workers == 0
     # New work starts new workers.
@@ -139,6 +138,7 @@ def test_failure_to_start_a_thread_fails_the_job(
     error = future.exception(timeout=WAIT)
     assert isinstance(error, RuntimeError)
     assert "can't start new thread" in str(error)
+    settle(d)
     stats = d.stats()
     assert (stats.workers, stats.failed, stats.active_shards) == (0, 1, 0)
     monkeypatch.undo()
@@ -168,7 +168,7 @@ _EXIT_SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_interpreter_exits_cleanly_without_shutdown() -> None:
     started = time.monotonic()
-    proc = subprocess.run(
+    proc = subprocess.run(  # noqa: S603 - our own interpreter on a fixed script
         [sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=60, check=False
     )
     elapsed = time.monotonic() - started
@@ -189,7 +189,7 @@ def test_shutdown_wakes_when_a_cancelled_block_is_the_last_job(make_dispatcher: 
     d = make_dispatcher(2)
     waiter: threading.Thread | None = None
     with d.exclusive(["k"]):
-        block = d._submit(("k",), None, (), {})
+        block: Future[None] = d._submit(("k",), None, (), {})
         Future.cancel(block)
         waiter = threading.Thread(target=d.shutdown)
         waiter.start()

@@ -7,7 +7,7 @@ import time
 
 from keyed_dispatch import StartTimeout
 from keyed_dispatch.testing import OrderRecorder
-from tests.conftest import WAIT, Gates, MakeDispatcher, wait_until
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
 
 def test_expired_job_fails_while_the_earlier_job_still_runs(

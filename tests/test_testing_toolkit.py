@@ -20,7 +20,7 @@ from keyed_dispatch.testing import (
     job_specs,
     workloads,
 )
-from tests.conftest import WAIT, MakeDispatcher
+from tests.helpers import WAIT, MakeDispatcher
 
 
 def history(*jobs: RecordedJob) -> OrderRecorder:
@@ -89,6 +89,16 @@ def test_expected_not_to_run_but_ran() -> None:
 
 def test_a_job_never_admitted_and_never_run_is_fine() -> None:
     history(job(0, ("a",), None, [])).check()
+
+
+def test_a_job_declared_to_run_must_run_even_without_admission() -> None:
+    rec = OrderRecorder()
+    wrapped = rec.wrap(["a"])
+    rec.expect(wrapped, ran=True)
+    with pytest.raises(AssertionError, match="was expected to run but never ran"):
+        rec.check()
+    wrapped()
+    rec.check()
 
 
 def test_an_unfinished_future_is_reported() -> None:
@@ -213,6 +223,7 @@ def test_a_wrapped_job_declared_admitted_must_run() -> None:
         rec.check()
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(workloads(keys=("x", "y", "z"), max_jobs=10, max_keys_per_job=2))
 def test_workloads_strategy_shapes(specs: list[JobSpec]) -> None:
