@@ -79,6 +79,7 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
             for label, other in (
                 ("sleep floor", get(workload, "floor", "makespan/bound")),
                 ("hashed", get(workload, "hashed", "makespan/bound")),
+                ("tpe, unordered", get(workload, "tpe", "makespan/bound")),
             )
             if other is not None
         ]
@@ -195,8 +196,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.3f}"
     if unit == "us":
         return f"{value:.1f}"
-    if unit == "jobs":
-        return f"{value:.0f}"
+    if unit in ("jobs", "keys"):
+        return f"{value:,.0f}"
     return f"{value:.4g}"
 
 
@@ -257,6 +258,20 @@ def table(results: dict[str, Any]) -> str:
         "",
     ]
     out += _matrix(thread_rows, thread_systems, with_ratio=True)
+    info = results.get("info", {})
+    for workload in ("hot", "mild"):
+        if workload in info:
+            details = info[workload]
+            out.append(
+                f"{workload}: {details['jobs']:,} jobs on {details['keys_used']} keys, hottest key "
+                f"{details['hottest_key_jobs']} jobs; bound {details['bound_s']:.3f} s "
+                f"({details['bound_kind']}); floor: the hottest key's sleeps back to back took "
+                f"{details['floor_serial_s']:.3f} s"
+            )
+    if "future_bytes" in info:
+        out.append(
+            f"memory: a plain concurrent.futures.Future is {info['future_bytes']:,.0f} B (not counted)"
+        )
     if other_rows:
         async_systems: list[str] = []
         for row in other_rows:
