@@ -80,6 +80,9 @@ def targets(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 ("sleep floor", get(workload, "floor", "makespan/bound")),
                 ("hashed", get(workload, "hashed", "makespan/bound")),
                 ("tpe, unordered", get(workload, "tpe", "makespan/bound")),
+                ("keyed: mean sleep", get(workload, OURS, "mean sleep / nominal")),
+                ("workers busy", get(workload, OURS, "workers busy")),
+                ("hot-key hand-offs", get(workload, OURS, "hot-key hand-offs/bound")),
             )
             if other is not None
         ]
@@ -192,7 +195,7 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:,.0f}"
     if unit == "B":
         return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.1f}"
-    if unit in ("x", "s"):
+    if unit in ("x", "s", "share"):
         return f"{value:.3f}"
     if unit == "us":
         return f"{value:.1f}"

@@ -72,11 +72,11 @@ SIZES: dict[str, Size] = {
     "full": Size(name="full", reps=3, io_reps=5),
     "quick": Size(
         name="quick",
-        reps=5,
-        io_reps=3,
+        reps=3,
+        io_reps=2,
         noop_jobs=20_000,
         latency_samples=300,
-        memory_count=5000,
+        memory_count=3000,
         churn_keys=20_000,
         churn_baseline_keys=20_000,
         multi_jobs=5000,
@@ -184,6 +184,10 @@ def _io_rows(
 ) -> tuple[list[Row], dict[str, Any]]:
     ratios: dict[str, list[float]] = {name: [] for name in systems}
     makespans: dict[str, list[float]] = {name: [] for name in systems}
+    sleeps: dict[str, list[float]] = {name: [] for name in systems}
+    gaps: dict[str, list[float]] = {name: [] for name in systems}
+    busy: dict[str, list[float]] = {name: [] for name in systems}
+    overshoot: dict[str, list[float]] = {name: [] for name in systems}
     floors: list[float] = []
     nominal = work.hottest * work.sleep_s
     for rep in range(size.io_reps):
@@ -193,15 +197,24 @@ def _io_rows(
         for name in systems:
             system = make_system(name, size.workers, live_keys=len(set(work.keys)))
             system.warm()
-            makespan = workloads.io_makespan(system, work)
-            makespans[name].append(makespan)
-            ratios[name].append(makespan / work.bound)
+            run = workloads.io_makespan(system, work)
+            makespans[name].append(run.makespan)
+            ratios[name].append(run.makespan / work.bound)
+            sleeps[name].append(run.sleeps / work.bound)
+            gaps[name].append(run.gaps / work.bound)
+            busy[name].append(run.busy)
+            overshoot[name].append(run.overshoot)
             say(
-                f"{workload:13} {name:7} rep {rep + 1}/{size.io_reps}: makespan {makespan:.3f}s, "
-                f"/ bound {ratios[name][-1]:.3f}"
+                f"{workload:13} {name:7} rep {rep + 1}/{size.io_reps}: makespan {run.makespan:.3f}s, "
+                f"/ bound {ratios[name][-1]:.3f} (hot key: sleeps {sleeps[name][-1]:.3f}, "
+                f"hand-offs {gaps[name][-1]:.3f}; workers busy {run.busy:.1%}, sleep x {run.overshoot:.3f})"
             )
     rows = [_row(workload, name, "makespan/bound", ratios[name], "x") for name in systems]
     rows += [_row(workload, name, "makespan", makespans[name], "s") for name in systems]
+    rows += [_row(workload, name, "hot-key sleeps/bound", sleeps[name], "x") for name in systems]
+    rows += [_row(workload, name, "hot-key hand-offs/bound", gaps[name], "x") for name in systems]
+    rows += [_row(workload, name, "workers busy", busy[name], "share") for name in systems]
+    rows += [_row(workload, name, "mean sleep / nominal", overshoot[name], "x") for name in systems]
     rows.append(_row(workload, "floor", "makespan/bound", floors, "x"))
     info = {
         "jobs": len(work.keys),
