@@ -107,6 +107,22 @@ def test_targets_compare_keyed_with_the_baselines(suite: ModuleType) -> None:
     assert "mild makespan / bound <= 1.12" not in found
 
 
+def test_async_targets_read_bench_async_rows(suite: ModuleType) -> None:
+    rows = [
+        {"workload": "async-hot", "system": "ad.run", "metric": "throughput", "value": 90.0},
+        {"workload": "async-hot", "system": "lock-map", "metric": "throughput", "value": 100.0},
+        {"workload": "async-io", "system": "ad.run", "metric": "throughput", "value": 50.0},
+        {"workload": "async-io", "system": "lock-map", "metric": "throughput", "value": 40.0},
+        {"workload": "async-io", "system": "ad.run", "metric": "throughput vs lock-map", "value": 1.3},
+    ]
+    found = {target["target"]: target for target in suite.report.targets(rows)}
+    assert found["async-hot: ad.run >= 1.0 x lock-map"]["value"] == pytest.approx(0.9)
+    assert found["async-hot: ad.run >= 1.0 x lock-map"]["met"] is False
+    # bench_async's own ratio row (of medians) wins over the ratio of rows.
+    assert found["async-io: ad.run >= 1.0 x lock-map"]["value"] == pytest.approx(1.3)
+    assert found["async-io: ad.run >= 1.0 x lock-map"]["met"] is True
+
+
 @pytest.mark.slow
 def test_table_shows_values_ratios_and_targets(
     suite: ModuleType, smoke_run: tuple[dict[str, Any], Path]
