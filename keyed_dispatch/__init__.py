@@ -6,6 +6,7 @@ submitted; jobs with different keys run concurrently on a thread pool.
 
 from __future__ import annotations
 
+from ._asyncio import AsyncKeyedDispatcher
 from ._config import DispatcherConfig
 from ._dispatcher import KeyedDispatcher, KeyedFuture, KeyExecutor
 from ._errors import (
@@ -23,6 +24,7 @@ from ._stats import DispatcherStats
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncKeyedDispatcher",
     "ConfigError",
     "DispatcherClosed",
     "DispatcherConfig",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import os
@@ -29,6 +30,10 @@ _T = TypeVar("_T")
 logger = logging.getLogger("keyed_dispatch")
 _DEBUG = logging.DEBUG
 _monotonic = time.monotonic
+
+
+class _NoRoom(Exception):
+    """Internal: ``_submit`` was told not to wait for room, or to abort."""
 
 
 class KeyedFuture(Future[_T]):
@@ -211,7 +216,13 @@ class KeyedDispatcher:
         fn: Callable[..., _T] | None,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        *,
+        wait: bool = True,
+        abort: threading.Event | None = None,
     ) -> KeyedFuture[_T]:
+        # ``wait=False``: raise _NoRoom instead of waiting for room.
+        # ``abort``: once set, raise _NoRoom instead of admitting (checked
+        # under the lock, before admission and after each wait).
         future: KeyedFuture[_T] = KeyedFuture()
         job = Job(keys, fn, args, kwargs, future)
         future._kd_job = job
@@ -229,7 +240,11 @@ class KeyedDispatcher:
                 nshards + len(keys) > config.max_shards
                 and nshards + engine.new_shards(keys) > config.max_shards
             ):
-                self._wait_for_room_locked(keys)
+                if not wait:
+                    raise _NoRoom
+                self._wait_for_room_locked(keys, abort)
+            elif abort is not None and abort.is_set():
+                raise _NoRoom
             now = _monotonic()
             engine.admit(job, now)
             if fn is not None and config.start_timeout is not None:
@@ -240,7 +255,7 @@ class KeyedDispatcher:
             self._spawn(spawn)
         return future
 
-    def _wait_for_room_locked(self, keys: tuple[Hashable, ...]) -> None:
+    def _wait_for_room_locked(self, keys: tuple[Hashable, ...], abort: threading.Event | None = None) -> None:
         # Caller holds the lock. Waits (releasing it) until the job fits
         # under max_pending and max_shards, or raises. Nothing is admitted
         # before this returns, so a timeout leaves no trace.
@@ -252,6 +267,8 @@ class KeyedDispatcher:
             )
         deadline = _monotonic() + config.submit_timeout
         while True:
+            if abort is not None and abort.is_set():
+                raise _NoRoom
             pending_full = config.max_pending is not None and engine.pending >= config.max_pending
             shards_full = len(engine.shards) + engine.new_shards(keys) > config.max_shards
             if not (pending_full or shards_full):
@@ -272,6 +289,106 @@ class KeyedDispatcher:
                 self._room_waiters -= 1
             if self._closed:
                 raise DispatcherClosed("the dispatcher was shut down while the submit waited for room")
+
+    # -- from async code -----------------------------------------------------
+
+    async def submit_async(
+        self, key: Hashable, fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """Schedule ``fn(*args, **kwargs)`` on ``key`` from a coroutine.
+
+        :meth:`submit` for async code: admission never blocks the event
+        loop. When there is room (the usual case) the job is admitted at
+        once, in the calling thread; otherwise the wait for room (up to
+        ``submit_timeout``) happens in the loop's default executor while
+        the caller awaits. Cancelling the awaiting task during that wait
+        leaves no trace (nothing queued, no shard); if the admission had
+        just completed, the job is cancelled as by ``future.cancel()``.
+
+        Returns:
+            An ``asyncio.Future`` (``asyncio.wrap_future``) of the result;
+            cancelling it cancels the job if it has not started.
+
+        Raises:
+            As :meth:`submit`.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        check_hashable(key)
+        return await self._submit_async((key,), fn, args, kwargs)
+
+    async def submit_multi_async(
+        self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """:meth:`submit_multi` for async code (see :meth:`submit_async`)."""
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
+        return await self._submit_async(normalize_keys(keys), fn, args, kwargs)
+
+    async def run_async(self, key: Hashable, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+        """Run ``fn(*args, **kwargs)`` on ``key`` and return its result, from a coroutine.
+
+        ``await d.run_async(key, fn, *args)`` is
+        ``await (await d.submit_async(key, fn, *args))``: the job runs on a
+        worker thread, in order on its key; the loop stays free. Cancelling
+        the awaiting task cancels the job if it has not started; a running
+        job runs to its end (threads cannot be interrupted).
+
+        Raises:
+            What ``fn`` raises, and as :meth:`submit`.
+        """
+        return await (await self.submit_async(key, fn, *args, **kwargs))
+
+    async def _submit_async(
+        self,
+        keys: tuple[Hashable, ...],
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        try:
+            future = self._submit(keys, fn, args, kwargs, wait=False)
+        except _NoRoom:
+            future = await self._submit_in_thread(loop, keys, fn, args, kwargs)
+        return asyncio.wrap_future(future, loop=loop)
+
+    async def _submit_in_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        keys: tuple[Hashable, ...],
+        fn: Callable[..., _T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> KeyedFuture[_T]:
+        # The admission waits for room in a thread. If the awaiting task is
+        # cancelled, ``abort`` stops that wait (or the admission, if it has
+        # not happened yet); ``guard`` decides who cancels a job that was
+        # admitted just before the abort: whoever comes second.
+        abort = threading.Event()
+        guard = threading.Lock()
+        admitted: list[KeyedFuture[_T]] = []
+
+        def admit() -> KeyedFuture[_T]:
+            future = self._submit(keys, fn, args, kwargs, abort=abort)
+            with guard:
+                admitted.append(future)
+                if abort.is_set():
+                    future.cancel()
+            return future
+
+        try:
+            return await loop.run_in_executor(None, admit)
+        except asyncio.CancelledError:
+            with guard:
+                abort.set()
+                late = admitted[0] if admitted else None
+            if late is not None:
+                late.cancel()
+            else:
+                with self._lock:
+                    self._room.notify_all()  # the waiting thread sees the abort
+            raise
 
     # -- running -----------------------------------------------------------
 

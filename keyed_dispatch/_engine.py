@@ -165,6 +165,42 @@ class Engine:
         if not blockers:
             heapq.heappush(self.ready, job)
 
+    def admit_started(self, job: Job, now: float) -> bool:
+        """Admit ``job`` and take it at once if it can start now.
+
+        The same as ``admit(job, now)`` followed by ``take(now)`` when that
+        take would return ``job``: it heads every shard and no older job is
+        runnable (``ready`` is empty). Then the job is marked running, with
+        ``error`` set if a key is halted, and True is returned. Otherwise
+        the job is admitted as by ``admit`` and False is returned. The
+        asyncio runner's fast path: an uncontended job skips the heap.
+        """
+        if self.ready:
+            self.admit(job, now)
+            return False
+        job.seq = seq = self.next_seq
+        self.next_seq = seq + 1
+        job.admitted = now
+        blockers = 0
+        shards = self.shards
+        for key in job.keys:
+            shard = shards.get(key)
+            if shard is None:
+                shards[key] = deque((job,))
+            else:
+                shard.append(job)
+                blockers += 1
+        self.submitted += 1
+        if blockers:
+            job.blockers = blockers
+            self.pending += 1
+            return False
+        job.state = RUNNING
+        self.running += 1
+        if self.halted:
+            self._check_halted(job)
+        return True
+
     # -- start -------------------------------------------------------------
 
     def take(self, now: float) -> Job | None:

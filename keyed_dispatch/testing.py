@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import itertools
@@ -39,6 +40,13 @@ __all__ = ["JobSpec", "OrderRecorder", "RecordedJob", "job_specs", "workloads"]
 
 class _Dispatcher(Protocol):
     def submit_multi(self, keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any) -> Any: ...
+
+
+class _AsyncDispatcher(Protocol):
+    # AsyncKeyedDispatcher.submit_multi, or KeyedDispatcher.submit_multi_async.
+    def submit_multi(
+        self, keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any
+    ) -> Awaitable[Any]: ...
 
 
 @dataclass
@@ -69,6 +77,9 @@ class OrderRecorder:
         self._stamp = itertools.count()
         self._ids = itertools.count()
         self._next_admission = itertools.count()
+        # asubmit's admission lock and its loop (an asyncio.Lock belongs to
+        # the loop it is first used on; a new loop gets a new lock).
+        self._async_admission: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self.jobs: list[RecordedJob] = []
 
     def _now(self) -> int:
@@ -148,6 +159,45 @@ class OrderRecorder:
             self.admitted(wrapped)
         return future
 
+    async def asubmit(
+        self,
+        dispatcher: _AsyncDispatcher | _Dispatcher,
+        keys: Iterable[Hashable],
+        fn: Callable[..., Any] | None = None,
+        /,
+        *args: Any,
+    ) -> Any:
+        """Wrap ``fn``, submit it from a coroutine and record the admission.
+
+        The asyncio :meth:`submit`: ``dispatcher`` is an
+        ``AsyncKeyedDispatcher`` (its ``submit_multi`` is awaited; ``fn``
+        must be a coroutine function, and None wraps an async no-op) or a
+        ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). The
+        submit and the record happen under an ``asyncio.Lock`` of this
+        recorder, so the recorded order is the true admission order even
+        when several tasks submit and admission has to wait (the lock is
+        never held across anything but the submit, and never blocks the
+        loop).
+
+        Returns:
+            The future the dispatcher returned. If the submit raises, the
+            job is recorded as one that must not run.
+        """
+        wrapped = self.wrap(keys, fn if fn is not None else _async_noop)
+        loop = asyncio.get_running_loop()
+        if self._async_admission is None or self._async_admission[0] is not loop:
+            self._async_admission = (loop, asyncio.Lock())
+        lock = self._async_admission[1]
+        submit = getattr(dispatcher, "submit_multi_async", None) or dispatcher.submit_multi
+        async with lock:
+            try:
+                future = await submit(wrapped.recorded.keys, wrapped, *args)  # type: ignore[attr-defined]
+            except BaseException:
+                self.expect(wrapped, ran=False)
+                raise
+            self.admitted(wrapped)
+        return future
+
     def expect(self, wrapped: Callable[..., Any], *, ran: bool) -> None:
         """Declare whether the job must have run (True) or must not (False).
 
@@ -161,12 +211,16 @@ class OrderRecorder:
 
         A cancelled future, or one that failed with StartTimeout or
         KeyHalted, means the job must not have run; any other outcome
-        means it ran exactly once.
+        means it ran exactly once. Exception: asyncio can cancel a running
+        job (its future is then cancelled too), so a cancelled job that had
+        already started when this is called must have run exactly once;
+        call this right after cancelling.
         """
         from ._errors import KeyHalted, StartTimeout
 
         if future.cancelled():
-            self.expect(wrapped, ran=False)
+            record: RecordedJob = wrapped.recorded  # type: ignore[attr-defined]
+            self.expect(wrapped, ran=bool(record.starts))
             return
         error = future.exception()
         self.expect(wrapped, ran=not isinstance(error, (StartTimeout, KeyHalted)))
@@ -222,6 +276,10 @@ class OrderRecorder:
 
 
 def _noop() -> None:
+    return None
+
+
+async def _async_noop() -> None:
     return None
 
 

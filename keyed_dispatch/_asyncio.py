@@ -1,0 +1,1080 @@
+"""AsyncKeyedDispatcher: per-key ordered dispatch of coroutines on an event loop.
+
+The second runner of ``_engine.Engine`` (the first is the thread pool of
+``_dispatcher.py``). The engine decides which job may start; this module runs
+the jobs as coroutines on one event loop. The dispatcher is confined to that
+loop: every engine call happens on the loop's thread, between two awaits,
+which serializes them as the thread runner's lock does. There is no lock.
+
+A job runs in one of two ways:
+
+* ``submit*``: in a task of its own, created when the job starts, in a copy of
+  the submitter's context (as ``asyncio.create_task`` at submit time would).
+* ``run*``: in the calling task, inline, as ``async with lock: await job()``
+  would. The caller waits for its turn on a future that the runner resolves
+  when the engine grants the job, then runs the coroutine itself. No task is
+  created, and a cancelled caller is a cancelled job, by construction.
+
+``exclusive`` blocks are granted the same way as ``run*`` jobs but, as with
+the thread runner, take no concurrency slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from asyncio import CancelledError
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
+from concurrent.futures import Future as ConcurrentFuture
+from contextvars import Context, copy_context
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, TypeVar
+
+from ._config import DispatcherConfig
+from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job
+from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
+from ._keys import KeysText, check_hashable, normalize_keys
+from ._stats import DispatcherStats
+
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncKeyedDispatcher"]
+
+_T = TypeVar("_T")
+
+logger = logging.getLogger("keyed_dispatch")
+_DEBUG = logging.DEBUG
+
+DEFAULT_MAX_CONCURRENCY = 100
+"""Running coroutines at most when neither an argument, a ``config`` nor
+``KEYED_DISPATCH_MAX_WORKERS`` says otherwise. The thread default
+(``min(32, cpus + 4)``) sizes a thread pool; coroutines are cheap, so the
+bound only protects what the jobs call."""
+
+_MAX_WORKERS_VAR = "KEYED_DISPATCH_MAX_WORKERS"
+
+_get_running_loop = asyncio._get_running_loop
+_current_task = asyncio.current_task
+_future_cancel = asyncio.Future.cancel  # bypasses _JobFuture.cancel
+_base_time = asyncio.BaseEventLoop.time
+
+if sys.version_info >= (3, 11):
+
+    def _create_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], context: Context
+    ) -> asyncio.Task[None]:
+        return loop.create_task(coro, context=context)
+
+else:
+
+    def _create_task(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, None], context: Context
+    ) -> asyncio.Task[None]:
+        # create_task(context=) is 3.11+; a task copies the current context.
+        return context.run(loop.create_task, coro)
+
+
+def _inline() -> None:
+    """Marks a job run inline by its caller (``run*``); never called."""
+    raise AssertionError("inline jobs are run by their caller")
+
+
+# Shared by every inline job, which keeps its arguments in the caller's frame.
+_NO_ARGS: tuple[Any, ...] = ()
+_NO_KWARGS: dict[str, Any] = {}
+
+
+class _JobFuture(asyncio.Future[_T]):
+    """The future ``submit*`` returns: an ``asyncio.Future`` of the result.
+
+    ``cancel()`` on a job that has not started retires it at once: it never
+    runs and its keys move on. On a running job, it cancels the job's task
+    (asyncio semantics); the keys move on once the job has unwound.
+    """
+
+    __slots__ = ("_kd_context", "_kd_job", "_kd_owner", "_kd_task")
+
+    _kd_job: Job
+    _kd_owner: AsyncKeyedDispatcher | None
+    _kd_task: asyncio.Task[None] | None
+    _kd_context: Context
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        owner = self._kd_owner
+        if owner is not None:
+            owner._on_cancel(self, msg)
+        return True
+
+
+class AsyncKeyedDispatcher:
+    """Run coroutine jobs on the event loop, one at a time and in order per key.
+
+    The asyncio counterpart of :class:`KeyedDispatcher`, with the same
+    guarantees and the same ordering engine: jobs that share a key never
+    overlap and start in admission order (the order in which ``submit*`` and
+    ``run*`` calls are admitted; for one task, program order); jobs whose
+    keys are disjoint run concurrently, up to ``max_concurrency`` coroutines
+    at once, and no slot idles while an admitted job could start. Multi-key
+    jobs are placed in all their keys' queues atomically and cannot deadlock.
+
+    The dispatcher binds to the event loop it is first used on; using it
+    from another loop or thread raises RuntimeError (use
+    :meth:`submit_threadsafe` from other threads). Admission waits
+    (``max_shards``, ``max_pending``) are awaited, never blocking the loop.
+
+    Arguments left as None take their value from ``config`` if given, else
+    from :meth:`DispatcherConfig.from_env` (the same ``KEYED_DISPATCH_*``
+    variables as the thread dispatcher). ``max_concurrency`` maps to the
+    config's ``max_workers``: it is read from ``config`` or from
+    ``KEYED_DISPATCH_MAX_WORKERS`` when set, and defaults to
+    ``DEFAULT_MAX_CONCURRENCY`` (100) otherwise. ``idle_timeout`` does not
+    apply (there are no worker threads).
+
+    Args:
+        max_concurrency: coroutine jobs running at once, at most.
+        max_shards: keys with pending or running work at most. A submit on a
+            new key waits for a shard to free, then raises ShardsExhausted.
+        submit_timeout: seconds a submit waits for room (shards,
+            ``max_pending``) before raising; ``math.inf`` waits for ever.
+        start_timeout: seconds after admission after which a job that has
+            not started fails with StartTimeout instead of running; it fails
+            on time even while an earlier job of its key still runs.
+        max_pending: admitted jobs not yet started, at most (backpressure).
+        wait_warning: a job that waited this long to start is logged at
+            WARNING; None disables.
+        halt_on_error: a job that raises halts its keys: their pending and
+            later jobs fail with KeyHalted until :meth:`resume`.
+        config: the base settings instead of the environment's.
+
+    Raises:
+        ValueError: a setting is out of range (ConfigError).
+        TypeError: a setting has the wrong type.
+    """
+
+    def __init__(
+        self,
+        max_concurrency: int | None = None,
+        *,
+        max_shards: int | None = None,
+        submit_timeout: float | None = None,
+        start_timeout: float | None = None,
+        max_pending: int | None = None,
+        wait_warning: float | None = None,
+        halt_on_error: bool = False,
+        config: DispatcherConfig | None = None,
+    ) -> None:
+        if config is None:
+            base = DispatcherConfig.from_env()
+            if max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
+                max_concurrency = DEFAULT_MAX_CONCURRENCY
+        else:
+            base = config
+        overrides: dict[str, Any] = {
+            field: value
+            for field, value in (
+                ("max_workers", max_concurrency),
+                ("max_shards", max_shards),
+                ("submit_timeout", submit_timeout),
+                ("start_timeout", start_timeout),
+                ("max_pending", max_pending),
+                ("wait_warning", wait_warning),
+            )
+            if value is not None
+        }
+        self.config = replace(base, **overrides) if overrides else base
+        if not isinstance(halt_on_error, bool):
+            raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
+        config = self.config
+        self._max = config.max_workers
+        self._max_shards = config.max_shards
+        self._max_pending = config.max_pending
+        self._start_timeout = config.start_timeout
+        self._wait_warning = config.wait_warning
+        self._engine = Engine(halt_on_error=halt_on_error)
+        self._closed = False
+        # Bound on first use (_bind).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: int | None = None
+        self._time: Callable[[], float] = _unbound_time
+        # Jobs holding a concurrency slot: run* jobs and submit* tasks.
+        self._active = 0
+        # Re-entrancy guard: an eager task factory may run a job's first step
+        # inside create_task, which may admit or finish jobs.
+        self._dispatching = False
+        # The tasks of running submit* jobs: the loop keeps only weak
+        # references to tasks.
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # task -> keys it holds (a running job or exclusive block), so that a
+        # wait that would deadlock on itself raises instead.
+        self._holders: dict[asyncio.Task[Any], tuple[Hashable, ...]] = {}
+        # Submitters waiting for room; all are woken when room may have freed.
+        self._room_waiters: dict[asyncio.Future[None], None] = {}
+        # aclose() calls waiting for the drain.
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        # Start deadlines in admission order; all jobs share start_timeout, so
+        # that is deadline order, and one timer for the head does.
+        self._deadlines: deque[Job] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- loop binding --------------------------------------------------------
+
+    def _bind(self, running: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
+        # Called when the running loop is not the bound one (or none is).
+        if running is None:
+            raise RuntimeError(
+                "AsyncKeyedDispatcher must be used from a coroutine running on its event loop; "
+                "from other threads use submit_threadsafe()"
+            )
+        if self._loop is None:
+            self._loop = running
+            self._thread = threading.get_ident()
+            # loop.call_at takes loop.time(); the default loops' time() is
+            # time.monotonic(), called directly to spare a frame per job.
+            self._time = time.monotonic if type(running).time is _base_time else running.time
+            return running
+        raise RuntimeError(
+            f"this AsyncKeyedDispatcher is bound to event loop {self._loop!r}, not to the running "
+            f"loop {running!r}; it cannot be shared between loops. From another thread, use "
+            "submit_threadsafe()"
+        )
+
+    def _check_thread(self) -> None:
+        if self._thread is not None and threading.get_ident() != self._thread:
+            raise RuntimeError(
+                "this AsyncKeyedDispatcher is confined to the thread of its event loop; "
+                "use loop.call_soon_threadsafe() or submit_threadsafe() from other threads"
+            )
+
+    # -- submission ----------------------------------------------------------
+
+    async def submit(
+        self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """Schedule ``coro_fn(*args, **kwargs)`` to run on ``key`` in a task of its own.
+
+        Admission is the return of this call; it awaits room (``max_shards``,
+        ``max_pending``) up to ``submit_timeout`` without blocking the loop.
+        The job starts once every job admitted earlier on ``key`` has
+        finished, in a copy of the submitter's context.
+
+        Cancelling the task awaiting this call during admission leaves no
+        trace: nothing is queued and no shard is taken.
+
+        Returns:
+            An ``asyncio.Future`` of the job's result. Cancelling it before
+            the job starts means the job never runs and the key moves on at
+            once; cancelling it while the job runs cancels the job's task,
+            and the key's next job starts once it has unwound.
+
+        Raises:
+            TypeError: ``key`` is unhashable or ``coro_fn`` is not callable.
+            ShardsExhausted: ``key`` needs a new shard and none freed in time.
+            SubmitTimeout: ``max_pending`` jobs stayed queued too long.
+            DispatcherClosed: after :meth:`aclose`.
+            RuntimeError: called from another loop than the bound one.
+        """
+        if not callable(coro_fn):
+            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
+        try:
+            hash(key)
+        except TypeError:
+            check_hashable(key)
+        return await self._submit((key,), coro_fn, args, kwargs)
+
+    async def submit_multi(
+        self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """Schedule one job ordered on every key in ``keys`` (see :meth:`submit`).
+
+        The job is placed in the queue of each key in one atomic step and
+        starts when it is first in all of them. Deadlock is impossible by
+        construction, whatever the order of the keys. Duplicates count once.
+
+        Raises:
+            ValueError: ``keys`` is empty.
+            TypeError: ``keys`` is a string or holds an unhashable key, or
+                ``coro_fn`` is not callable.
+            ShardsExhausted, SubmitTimeout, DispatcherClosed, RuntimeError:
+                as :meth:`submit`.
+        """
+        if not callable(coro_fn):
+            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
+        return await self._submit(normalize_keys(keys), coro_fn, args, kwargs)
+
+    async def _submit(
+        self,
+        keys: tuple[Hashable, ...],
+        fn: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> asyncio.Future[_T]:
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
+        future: _JobFuture[_T] = _JobFuture(loop=loop)
+        job = Job(keys, fn, args, kwargs, future)
+        future._kd_job = job
+        future._kd_owner = self
+        future._kd_task = None
+        future._kd_context = copy_context()
+        if not self._admit_now(job):
+            await self._admit_later(job)
+        return future
+
+    def run(
+        self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, _T]:
+        """Run ``coro_fn(*args, **kwargs)`` on ``key`` in the calling task; return its result.
+
+        Use it as ``await ad.run(key, coro_fn, ...)``. The job is admitted
+        as by :meth:`submit`, then the caller waits for its turn and awaits
+        the coroutine itself: like ``async with locks[key]: return await
+        coro_fn()``, but ordered by admission, bounded and observable. The
+        job's exception propagates. (A plain method that returns the
+        coroutine, so that each suspension of the job crosses one frame
+        less; bad arguments raise at the call.)
+
+        Cancelling the calling task before the job starts means it never
+        runs (the key moves on at once); while it runs, the job's coroutine
+        is cancelled, and the key's next job starts once it has unwound.
+
+        Raises:
+            RuntimeError: the calling task already holds a key of this
+                dispatcher (it is a job of this dispatcher, or inside an
+                ``exclusive`` block): waiting here could deadlock. Use one
+                job with all the keys, or ``submit`` without awaiting.
+            StartTimeout: the job did not start within ``start_timeout``.
+            KeyHalted: a key is halted (``halt_on_error``).
+            DispatcherClosed: the dispatcher is closed, or ``aclose(
+                cancel_pending=True)`` cancelled the job before it started.
+            TypeError, ShardsExhausted, SubmitTimeout: as :meth:`submit`.
+        """
+        if not callable(coro_fn):
+            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
+        try:
+            hash(key)
+        except TypeError:
+            check_hashable(key)
+        return self._run((key,), coro_fn, args, kwargs)
+
+    def run_multi(
+        self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, _T]:
+        """Run one job ordered on every key in ``keys`` in the calling task.
+
+        :meth:`run` for several keys, with :meth:`submit_multi`'s admission.
+        """
+        if not callable(coro_fn):
+            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
+        return self._run(normalize_keys(keys), coro_fn, args, kwargs)
+
+    async def _run(
+        self,
+        keys: tuple[Hashable, ...],
+        fn: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> _T:
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
+        task = _current_task(loop)
+        holders = self._holders
+        if task in holders:
+            raise self._held_error(holders[task], keys)
+        job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None)
+        engine = self._engine
+        max_pending = self._max_pending
+        if (
+            # The fast path of _admit_now, inlined: room for a new shard for
+            # every key, a free slot and nothing runnable waiting for one.
+            not self._closed
+            and self._active < self._max
+            and not engine.ready
+            and len(engine.shards) + len(keys) <= self._max_shards
+            and (max_pending is None or engine.pending < max_pending)
+        ):
+            now = self._time()
+            if engine.admit_started(job, now):
+                self._active += 1
+            elif self._start_timeout is not None:
+                self._add_deadline(job, now + self._start_timeout)
+        elif not self._admit_now(job):
+            await self._admit_later(job)
+        if job.state != RUNNING:
+            # Not granted during admission: wait for the turn. A job that
+            # failed instead of starting (halted key) is already retired.
+            if job.error is not None:
+                raise job.error
+            # self._await_turn(job, loop), inlined: one frame less per job.
+            waiter: asyncio.Future[None] = loop.create_future()
+            job.future = waiter
+            try:
+                await waiter
+            except CancelledError:
+                self._abandon(job, waiter)
+                raise
+        elif job.error is not None:
+            # Taken at once, on a halted key.
+            self._active -= 1
+            engine.release(job, FAILED)
+            self._after_retire()
+            raise job.error
+        waited = job.waited
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
+        warn = self._wait_warning
+        if warn is not None and waited >= warn:
+            logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        if task is not None:
+            holders[task] = keys
+        try:
+            result = await fn(*args, **kwargs)
+        except CancelledError:
+            self._finish(task, job, CANCELLED, None)
+            raise
+        except BaseException as exc:
+            self._finish(task, job, FAILED, exc)
+            raise
+        # _finish(task, job, COMPLETED, None), inlined.
+        if task is not None:
+            del holders[task]
+        self._active -= 1
+        engine.release(job, COMPLETED)
+        if engine.ready or self._room_waiters or self._closed:
+            self._after_retire()
+        return result
+
+    async def _await_turn(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        # The caller of a run* job or exclusive block waits here for the
+        # grant. The waiter resolves to None (granted: RUNNING) or to the
+        # exception the caller must raise (its job already retired).
+        waiter: asyncio.Future[None] = loop.create_future()
+        job.future = waiter
+        try:
+            await waiter
+        except CancelledError:
+            self._abandon(job, waiter)
+            raise
+
+    def _abandon(self, job: Job, waiter: asyncio.Future[None]) -> None:
+        # The task waiting on ``waiter`` for ``job``'s turn was cancelled:
+        # the job never runs. It may still be queued, or granted (the waiter
+        # resolved just before the cancellation reached the task).
+        if waiter.done() and not waiter.cancelled():
+            # Failed (StartTimeout...) just before the cancellation reached
+            # this task: the cancellation wins; mark the error retrieved so
+            # that asyncio does not log it.
+            waiter.exception()
+        state = job.state
+        if state == QUEUED:
+            self._engine.kill(job, CANCELLED)
+            self._after_retire()
+        elif state == RUNNING:
+            if job.fn is not None:
+                self._active -= 1
+            self._engine.release(job, CANCELLED)
+            self._after_retire()
+
+    def _held_error(self, held: tuple[Hashable, ...], wanted: tuple[Hashable, ...]) -> RuntimeError:
+        return RuntimeError(
+            f"this task already holds keys {KeysText(held)} of this dispatcher; waiting for "
+            f"{KeysText(wanted)} here could deadlock. Submit one job or block with all the keys."
+        )
+
+    # -- admission -----------------------------------------------------------
+
+    def _admit_now(self, job: Job) -> bool:
+        # Admit ``job`` if there is room, and start what can start. Returns
+        # False, changing nothing, if it must wait for room first.
+        if self._closed:
+            raise DispatcherClosed("the dispatcher is closed; it admits no new jobs")
+        engine = self._engine
+        keys = job.keys
+        nshards = len(engine.shards)
+        max_pending = self._max_pending
+        if (max_pending is not None and engine.pending >= max_pending) or (
+            # The first test is a cheap bound that spares counting new keys
+            # while the pool is far from full.
+            nshards + len(keys) > self._max_shards and nshards + engine.new_shards(keys) > self._max_shards
+        ):
+            return False
+        now = self._time()
+        if self._active < self._max:
+            if engine.admit_started(job, now):
+                self._start(job)
+                if job.error is not None:
+                    self._after_retire()  # it failed at once (halted key)
+                return True
+            if engine.ready:
+                self._dispatch()
+        else:
+            engine.admit(job, now)
+        start_timeout = self._start_timeout
+        if start_timeout is not None and job.state == QUEUED and job.fn is not None:
+            self._add_deadline(job, now + start_timeout)
+        return True
+
+    async def _admit_later(self, job: Job) -> None:
+        # Await room for ``job`` (max_pending, max_shards), then admit it.
+        # Nothing is admitted before that, so a timeout or a cancellation of
+        # the awaiting task leaves no trace.
+        keys = job.keys
+        max_shards = self._max_shards
+        if len(keys) > max_shards:
+            raise ShardsExhausted(f"a job on {len(keys)} keys can never fit in max_shards={max_shards}")
+        loop = self._loop
+        assert loop is not None
+        timeout = self.config.submit_timeout
+        deadline = self._time() + timeout
+        waiters = self._room_waiters
+        while True:
+            if self._time() >= deadline:
+                self._raise_no_room(keys)
+            waiter: asyncio.Future[None] = loop.create_future()
+            waiters[waiter] = None
+            timer = None if math.isinf(timeout) else loop.call_at(deadline, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                del waiters[waiter]
+                if timer is not None:
+                    timer.cancel()
+            if self._admit_now(job):
+                return
+
+    def _raise_no_room(self, keys: tuple[Hashable, ...]) -> None:
+        engine = self._engine
+        config = self.config
+        if len(engine.shards) + engine.new_shards(keys) > config.max_shards:
+            logger.error("shard pool exhausted: %d shards", config.max_shards)
+            raise ShardsExhausted(
+                f"shard pool exhausted: {config.max_shards} shards stayed live for {config.submit_timeout}s"
+            )
+        raise SubmitTimeout(f"{config.max_pending} jobs stayed pending for {config.submit_timeout}s")
+
+    def _wake_room(self) -> None:
+        # Room may have freed (a job started or retired): every waiter
+        # re-checks. _admit_later removes its own entry.
+        for waiter in self._room_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # -- running -------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        # Start runnable jobs, oldest first, while a concurrency slot is free.
+        if self._dispatching:
+            return  # re-entered from an eager task; the outer loop goes on
+        self._dispatching = True
+        try:
+            engine = self._engine
+            time = self._time
+            while engine.ready and self._active < self._max:
+                job = engine.take(time())
+                if job is None:
+                    break
+                self._start(job)
+        finally:
+            self._dispatching = False
+        if self._room_waiters:
+            self._wake_room()
+
+    def _start(self, job: Job) -> None:
+        # ``job`` was just taken by the engine: start it, or hand it to the
+        # task waiting for it, or fail it.
+        fn = job.fn
+        future = job.future
+        if job.error is not None:
+            self._fail_taken(job)
+        elif fn is _inline:
+            if future is None:
+                # The caller is in _run, between admission and its check of
+                # the job's state: it runs the job itself.
+                self._active += 1
+            elif future.cancelled():
+                self._engine.release(job, CANCELLED)
+            else:
+                self._active += 1
+                future.set_result(None)
+        elif fn is None:
+            # An exclusive block: held by its caller, takes no slot. A None
+            # future: the caller is in _enter_block, as above.
+            if future is None:
+                pass
+            elif future.cancelled():
+                self._engine.release(job, CANCELLED)
+            else:
+                future.set_result(None)
+        else:
+            self._active += 1
+            loop = self._loop
+            assert loop is not None
+            self._tasks.add(_create_task(loop, self._run_task(job, future), future._kd_context))
+
+    def _fail_taken(self, job: Job) -> None:
+        # ``job`` was taken with ``error`` set (start deadline passed, or a
+        # halted key): it must fail instead of running.
+        error = job.error
+        assert error is not None
+        outcome = TIMED_OUT if isinstance(error, StartTimeout) else FAILED
+        future = job.future
+        if future is None:
+            pass  # an inline caller in _run: it raises job.error itself
+        elif future.cancelled():
+            outcome = CANCELLED
+        else:
+            future.set_exception(error)
+        self._engine.release(job, outcome)
+
+    async def _run_task(self, job: Job, future: _JobFuture[Any]) -> None:
+        # The body of a submit* job's task. Every exception of the job goes
+        # to its future, so the task itself never ends in an exception that
+        # nobody retrieves.
+        task = _current_task()
+        assert task is not None
+        job.future = None  # no reference cycle future -> job -> future
+        try:
+            if future.cancelled():
+                # Cancelled after it was taken, before this first step.
+                self._finish(task, job, CANCELLED, None)
+                return
+            future._kd_task = task
+            fn = job.fn
+            args = job.args
+            kwargs = job.kwargs
+            job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            waited = job.waited
+            if logger.isEnabledFor(_DEBUG):
+                logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), waited)
+            warn = self._wait_warning
+            if warn is not None and waited >= warn:
+                logger.warning("job for %s waited %.2fs", KeysText(job.keys), waited)
+            self._holders[task] = job.keys
+            try:
+                result = await fn(*args, **kwargs)  # type: ignore[misc]
+            except CancelledError:
+                if not future.done():
+                    # Cancelled by someone else than its future (the loop
+                    # shutting down): the future tells the same story.
+                    _future_cancel(future)
+                self._finish(task, job, CANCELLED, None)
+            except GeneratorExit:
+                # The task is being destroyed with a loop that was never
+                # drained: nothing can run any more; let it go.
+                raise
+            except BaseException as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                self._finish(task, job, FAILED, exc)
+                if not isinstance(exc, Exception):
+                    raise  # KeyboardInterrupt, SystemExit: as asyncio tasks do
+            else:
+                if not future.done():
+                    future.set_result(result)
+                self._finish(task, job, COMPLETED, None)
+        finally:
+            self._tasks.discard(task)
+
+    def _finish(
+        self, task: asyncio.Task[Any] | None, job: Job, outcome: int, error: BaseException | None
+    ) -> None:
+        # A started job (run* or submit*) ended: free its slot, retire it,
+        # start what can start.
+        if task is not None:
+            self._holders.pop(task, None)
+        self._active -= 1
+        engine = self._engine
+        engine.release(job, outcome, error)
+        if engine.ready:
+            self._dispatch()
+        elif self._room_waiters:
+            self._wake_room()
+        if self._closed and not (engine.pending or engine.running):
+            self._drained()
+
+    def _after_retire(self) -> None:
+        # A job left the queues without a slot changing hands.
+        engine = self._engine
+        if engine.ready and self._active < self._max:
+            self._dispatch()
+        elif self._room_waiters:
+            self._wake_room()
+        if self._closed and not (engine.pending or engine.running):
+            self._drained()
+
+    # -- cancellation and start deadlines ------------------------------------
+
+    def _on_cancel(self, future: _JobFuture[Any], msg: Any) -> None:
+        # Called by _JobFuture.cancel after the future became cancelled.
+        job = future._kd_job
+        if job.state == QUEUED:
+            self._engine.kill(job, CANCELLED)
+            job.future = None
+            job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            self._after_retire()
+        elif job.state == RUNNING:
+            task = future._kd_task
+            if task is not None:
+                task.cancel(msg)
+            # Else its task has not taken its first step; it sees the cancel.
+
+    def _add_deadline(self, job: Job, deadline: float) -> None:
+        job.deadline = deadline
+        deadlines = self._deadlines
+        # Started jobs at the front are dead weight; trimming them here
+        # keeps the deque about as long as the backlog.
+        while deadlines and deadlines[0].state != QUEUED:
+            deadlines.popleft()
+        deadlines.append(job)
+        if self._timer is None:
+            loop = self._loop
+            assert loop is not None
+            self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        # The timer of the oldest start deadline fired. Fail every overdue
+        # job, even one whose key is busy with an earlier job: a stale order
+        # must not fire late.
+        self._timer = None
+        now = self._time()
+        deadlines = self._deadlines
+        expired = False
+        while deadlines:
+            job = deadlines[0]
+            if job.state == QUEUED:
+                if job.deadline > now:  # type: ignore[operator]
+                    break
+                self._kill_queued(
+                    job,
+                    TIMED_OUT,
+                    StartTimeout(f"job was not started within start_timeout={self._start_timeout}s"),
+                )
+                expired = True
+            deadlines.popleft()
+        if deadlines:
+            loop = self._loop
+            assert loop is not None
+            self._timer = loop.call_at(deadlines[0].deadline, self._expire)  # type: ignore[arg-type]
+        if expired:
+            self._after_retire()
+
+    def _kill_queued(self, job: Job, outcome: int, error: BaseException) -> None:
+        # Retire a queued job and fail whoever waits for it (its future, or
+        # the task waiting in run*/exclusive), unless that was cancelled.
+        future = job.future
+        if future.cancelled():
+            outcome = CANCELLED
+        self._engine.kill(job, outcome)
+        job.future = None
+        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        if not future.done():
+            future.set_exception(error)
+
+    # -- exclusive blocks ------------------------------------------------------
+
+    def exclusive(self, keys: Iterable[Hashable], timeout: float | None = 30.0) -> _Exclusive:
+        """Hold ``keys`` in the calling task for the duration of an ``async with`` block.
+
+        The migration path from a map of ``asyncio.Lock``: the block is
+        admitted like a job on ``keys`` when the ``async with`` is entered,
+        waits for every earlier job sharing a key to finish, then runs in the
+        calling task; later jobs on those keys wait until it exits. It takes
+        no concurrency slot. A block that raises counts as a failed job (it
+        halts its keys with ``halt_on_error``); a cancelled one does not.
+
+        Args:
+            keys: the keys to hold (a collection, as for submit_multi).
+            timeout: seconds to wait for the turn; None waits for ever.
+
+        Raises (on entering the block):
+            StartTimeout: the turn did not come within ``timeout``; the block
+                gave its place up and did not run.
+            RuntimeError: the calling task already holds a key of this
+                dispatcher (inside a ``run`` job or another block).
+            KeyHalted: a key is halted (``halt_on_error``).
+            DispatcherClosed: the dispatcher closed before the turn came.
+            ShardsExhausted, SubmitTimeout: as :meth:`submit`.
+            ValueError, TypeError: bad keys or timeout.
+        """
+        wanted = normalize_keys(keys)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
+            if math.isnan(timeout) or timeout < 0:
+                raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        return _Exclusive(self, wanted, timeout)
+
+    async def _enter_block(self, keys: tuple[Hashable, ...], timeout: float | None) -> tuple[Job, Any]:
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
+        task = _current_task(loop)
+        holders = self._holders
+        if task in holders:
+            raise self._held_error(holders[task], keys)
+        job = Job(keys, None, _NO_ARGS, _NO_KWARGS, None)
+        if not self._admit_now(job):
+            await self._admit_later(job)
+        if job.state != RUNNING:
+            if job.error is not None:
+                raise job.error
+            timer = None
+            if timeout is not None:
+                timer = loop.call_later(timeout, self._block_timed_out, job, timeout)
+            try:
+                await self._await_turn(job, loop)
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        waited = job.waited
+        if logger.isEnabledFor(_DEBUG):
+            logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
+        warn = self._wait_warning
+        if warn is not None and waited >= warn:
+            logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        if task is not None:
+            holders[task] = keys
+        return job, task
+
+    def _block_timed_out(self, job: Job, timeout: float) -> None:
+        # An exclusive block's turn did not come in time: it gives its place
+        # up (counted as cancelled, as with the thread dispatcher).
+        if job.state == QUEUED:
+            self._kill_queued(
+                job,
+                CANCELLED,
+                StartTimeout(f"exclusive({KeysText(job.keys)}) did not get its turn within {timeout}s"),
+            )
+            self._after_retire()
+
+    def _exit_block(self, job: Job, task: Any, outcome: int, error: BaseException | None) -> None:
+        if task is not None:
+            self._holders.pop(task, None)
+        engine = self._engine
+        engine.release(job, outcome, error)
+        self._after_retire()
+
+    # -- control ---------------------------------------------------------------
+
+    def resume(self, key: Hashable) -> bool:
+        """Lift the halt of ``key`` (``halt_on_error=True``).
+
+        Jobs of the key that start afterwards run normally; jobs that failed
+        with KeyHalted stay failed.
+
+        Returns:
+            True if the key was halted.
+
+        Raises:
+            RuntimeError: called from another thread than the loop's.
+        """
+        check_hashable(key)
+        self._check_thread()
+        return self._engine.resume(key)
+
+    def halted_keys(self) -> frozenset[Hashable]:
+        """The keys halted now by a failed job."""
+        self._check_thread()
+        return frozenset(self._engine.halted)
+
+    def stats(self) -> DispatcherStats:
+        """Return a snapshot of the dispatcher's state.
+
+        ``max_workers`` is ``max_concurrency``; ``workers`` counts the jobs
+        running now (``idle_workers`` is always 0); ``running`` also counts
+        ``exclusive`` blocks; ``cancelled`` also counts jobs cancelled while
+        running (asyncio can cancel a running job).
+
+        Raises:
+            RuntimeError: called from another thread than the loop's.
+        """
+        self._check_thread()
+        engine = self._engine
+        completed, failed, cancelled, timed_out = engine.outcomes
+        return DispatcherStats(
+            max_workers=self._max,
+            workers=self._active,
+            idle_workers=0,
+            active_shards=len(engine.shards),
+            max_shards=self._max_shards,
+            pending=engine.pending,
+            running=engine.running,
+            submitted=engine.submitted,
+            completed=completed,
+            failed=failed,
+            cancelled=cancelled,
+            timed_out=timed_out,
+            halted_keys=len(engine.halted),
+            max_wait_s=engine.max_wait,
+            closed=self._closed,
+        )
+
+    def submit_threadsafe(
+        self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> ConcurrentFuture[_T]:
+        """Run ``coro_fn(*args, **kwargs)`` on ``key`` from any thread.
+
+        The way in from threads other than the loop's: the job is admitted
+        on the loop, in the order of the calls, and run as by :meth:`run`.
+        Do not block on the result from the loop's own thread.
+
+        Returns:
+            A ``concurrent.futures.Future`` of the result, failing with the
+            errors :meth:`run` raises. Cancelling it cancels the job (before
+            it starts: it never runs; while it runs: its coroutine is
+            cancelled).
+
+        Raises:
+            RuntimeError: the dispatcher was never used on a loop yet (use it
+                once from its loop, e.g. ``async with``), or its loop is closed.
+            DispatcherClosed: the dispatcher is closed.
+            TypeError: ``key`` is unhashable or ``coro_fn`` is not callable.
+        """
+        if not callable(coro_fn):
+            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
+        check_hashable(key)
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError(
+                "this AsyncKeyedDispatcher is not bound to an event loop yet; use it once from its "
+                "loop (for example `async with dispatcher:`) before submit_threadsafe()"
+            )
+        if self._closed:
+            raise DispatcherClosed("the dispatcher is closed; it admits no new jobs")
+        coro = self._run((key,), coro_fn, args, kwargs)
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:
+            coro.close()  # the loop is closed: no "never awaited" warning
+            raise
+
+    async def aclose(self, cancel_pending: bool = False) -> None:
+        """Stop admitting jobs; optionally cancel the queued ones; drain.
+
+        The asyncio ``shutdown(wait=True)``: later ``submit*``/``run*`` calls
+        raise DispatcherClosed, and so do submitters still waiting for room.
+        Admitted jobs still run unless ``cancel_pending`` cancels those not
+        started: their futures are cancelled, and ``run*`` callers and
+        ``exclusive`` blocks still waiting raise DispatcherClosed. Returns
+        once every admitted job is retired and its task has ended. Safe to
+        call again; cancelling the awaiting task stops the wait, not the
+        drain.
+
+        Raises:
+            RuntimeError: called from inside a job or block of this
+                dispatcher (it would wait for itself), or from another loop.
+        """
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
+        task = _current_task(loop)
+        if task is not None and (task in self._holders or task in self._tasks):
+            raise RuntimeError("aclose() inside a job of this dispatcher would wait for itself")
+        self._closed = True
+        engine = self._engine
+        if cancel_pending:
+            for job in engine.queued_jobs():
+                fn = job.fn
+                if fn is _inline or fn is None:
+                    self._kill_queued(
+                        job, CANCELLED, DispatcherClosed("the dispatcher closed before the job's turn came")
+                    )
+                else:
+                    _future_cancel(job.future)
+                    engine.kill(job, CANCELLED)
+                    job.future = None
+                    job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        # Submitters waiting for room must learn that it will not come.
+        self._wake_room()
+        self._after_retire()
+        if not (engine.pending or engine.running):
+            self._drained()
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._drain_waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter in self._drain_waiters:
+                self._drain_waiters.remove(waiter)
+
+    def _drained(self) -> None:
+        # Closed and nothing admitted is left.
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadlines.clear()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+    async def __aenter__(self) -> AsyncKeyedDispatcher:
+        running = _get_running_loop()
+        if running is not self._loop or running is None:
+            self._bind(running)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<AsyncKeyedDispatcher {state} running={self._active}/{self._max} "
+            f"shards={len(self._engine.shards)}>"
+        )
+
+
+class _Exclusive:
+    """The ``async with`` of :meth:`AsyncKeyedDispatcher.exclusive`."""
+
+    __slots__ = ("_dispatcher", "_job", "_keys", "_task", "_timeout")
+
+    def __init__(self, dispatcher: AsyncKeyedDispatcher, keys: tuple[Hashable, ...], timeout: float | None):
+        self._dispatcher = dispatcher
+        self._keys = keys
+        self._timeout = timeout
+        self._job: Job | None = None
+        self._task: Any = None
+
+    async def __aenter__(self) -> None:
+        if self._job is not None:
+            raise RuntimeError("this exclusive() block is already entered; call exclusive() again")
+        self._job, self._task = await self._dispatcher._enter_block(self._keys, self._timeout)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        job = self._job
+        assert job is not None
+        if exc is None:
+            outcome, error = COMPLETED, None
+        elif isinstance(exc, CancelledError):
+            outcome, error = CANCELLED, None
+        else:
+            outcome, error = FAILED, exc
+        self._dispatcher._exit_block(job, self._task, outcome, error)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _unbound_time() -> float:
+    raise AssertionError("the dispatcher's clock is read only after it is bound to a loop")

@@ -1,0 +1,930 @@
+"""AsyncKeyedDispatcher: the core semantics on an event loop, point by point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+from typing import Any
+
+import pytest
+
+from keyed_dispatch import (
+    AsyncKeyedDispatcher,
+    ConfigError,
+    DispatcherClosed,
+    DispatcherConfig,
+    KeyHalted,
+    ShardsExhausted,
+    StartTimeout,
+    SubmitTimeout,
+    webhook_key,
+)
+from tests.asyncio_support import Gate, run, until, within
+
+
+async def _append(out: list[Any], item: Any) -> Any:
+    await asyncio.sleep(0)
+    out.append(item)
+    return item
+
+
+# -- 1. order and exclusion ----------------------------------------------------
+
+
+def test_same_key_jobs_run_in_admission_order_one_at_a_time() -> None:
+    async def body() -> None:
+        out: list[int] = []
+        running = 0
+        overlap = False
+
+        async def job(i: int) -> int:
+            nonlocal running, overlap
+            running += 1
+            overlap |= running > 1
+            await asyncio.sleep(0)
+            out.append(i)
+            running -= 1
+            return i
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            futures = [await ad.submit("k", job, i) for i in range(50)]
+            assert await within(asyncio.gather(*futures)) == list(range(50))
+        assert out == list(range(50))
+        assert not overlap
+
+    run(body)
+
+
+def test_run_jobs_of_one_key_from_many_tasks_start_in_admission_order() -> None:
+    async def body() -> None:
+        out: list[int] = []
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            first = asyncio.create_task(ad.run("k", gate.job))
+            await within(gate.entered.wait())
+            # Each task is admitted when it first runs, in creation order.
+            tasks = [asyncio.create_task(ad.run("k", _append, out, i)) for i in range(20)]
+            await until(lambda: ad.stats().pending == 20, "20 queued run() calls")
+            assert out == []
+            gate.release.set()
+            assert await within(asyncio.gather(*tasks)) == list(range(20))
+            await first
+        assert out == list(range(20))
+
+    run(body)
+
+
+def test_a_job_starts_only_after_the_previous_job_of_its_key_finished() -> None:
+    async def body() -> None:
+        gate = Gate()
+        second_started = asyncio.Event()
+
+        async def second() -> None:
+            second_started.set()
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            first = await ad.submit("k", gate.job)
+            later = await ad.submit("k", second)
+            await within(gate.entered.wait())
+            assert ad.stats().pending == 1
+            assert not second_started.is_set()
+            gate.release.set()
+            await within(later)
+            assert first.done()
+
+    run(body)
+
+
+# -- 2. parallel across keys, work-conserving up to max_concurrency -----------
+
+
+def test_jobs_of_different_keys_run_concurrently() -> None:
+    async def body() -> None:
+        a, b = asyncio.Event(), asyncio.Event()
+
+        async def meet(mine: asyncio.Event, other: asyncio.Event) -> None:
+            mine.set()
+            await other.wait()  # deadlocks unless both run at once
+
+        async with AsyncKeyedDispatcher(2) as ad:
+            fa = await ad.submit("a", meet, a, b)
+            fb = await ad.submit("b", meet, b, a)
+            await within(asyncio.gather(fa, fb))
+
+    run(body)
+
+
+def test_max_concurrency_bounds_running_jobs_and_a_freed_slot_is_used_at_once() -> None:
+    async def body() -> None:
+        gates = [Gate() for _ in range(3)]
+        async with AsyncKeyedDispatcher(2) as ad:
+            futures = [await ad.submit(i, gate.job, i) for i, gate in enumerate(gates)]
+            await within(gates[0].entered.wait())
+            await within(gates[1].entered.wait())
+            stats = ad.stats()
+            assert (stats.workers, stats.running, stats.pending) == (2, 2, 1)
+            assert not gates[2].entered.is_set()
+            gates[1].release.set()
+            await within(gates[2].entered.wait())
+            assert ad.stats().workers == 2
+            gates[0].release.set()
+            gates[2].release.set()
+            assert await within(asyncio.gather(*futures)) == [0, 1, 2]
+
+    run(body)
+
+
+def test_max_concurrency_default_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KEYED_DISPATCH_MAX_WORKERS", raising=False)
+    assert AsyncKeyedDispatcher().stats().max_workers == 100
+    assert AsyncKeyedDispatcher(7).stats().max_workers == 7
+    monkeypatch.setenv("KEYED_DISPATCH_MAX_WORKERS", "12")
+    monkeypatch.setenv("KEYED_DISPATCH_MAX_SHARDS", "34")
+    ad = AsyncKeyedDispatcher()
+    assert (ad.stats().max_workers, ad.stats().max_shards) == (12, 34)
+    config = DispatcherConfig(max_workers=3, max_shards=5, submit_timeout=1.0)
+    ad = AsyncKeyedDispatcher(config=config, max_shards=6)
+    assert (ad.config.max_workers, ad.config.max_shards, ad.config.submit_timeout) == (3, 6, 1.0)
+
+
+# -- 3. multi-key jobs ------------------------------------------------------------
+
+
+def test_multi_key_job_waits_for_every_key_and_holds_them_all() -> None:
+    async def body() -> None:
+        out: list[str] = []
+        ga, gb = Gate(), Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            await ad.submit("a", ga.job)
+            await ad.submit("b", gb.job)
+            both = await ad.submit_multi(["a", "b", "a"], _append, out, "ab")
+            after_a = await ad.submit("a", _append, out, "a")
+            await within(ga.entered.wait())
+            ga.release.set()
+            await within(ga.exited.wait())
+            assert ad.stats().pending == 2  # the multi-key job still waits for b
+            gb.release.set()
+            await within(asyncio.gather(both, after_a))
+        assert out == ["ab", "a"]
+
+    run(body)
+
+
+def test_overlapping_multi_key_jobs_in_any_key_order_do_not_deadlock() -> None:
+    async def body() -> None:
+        out: list[int] = []
+        orders = [("a", "b"), ("b", "a"), ("b", "c"), ("c", "a"), ("a", "b", "c"), ("c", "b")]
+        async with AsyncKeyedDispatcher(3) as ad:
+            futures = [await ad.submit_multi(keys, _append, out, i) for i, keys in enumerate(orders * 5)]
+            await within(asyncio.gather(*futures))
+            runs = [await ad.run_multi(keys, _append, out, -i) for i, keys in enumerate(orders)]
+        assert sorted(out[:30]) == list(range(30))
+        assert runs == [0, -1, -2, -3, -4, -5]
+
+    run(body)
+
+
+# -- 4. bounded shards ---------------------------------------------------------------
+
+
+def test_a_new_key_waits_for_a_shard_and_a_live_key_is_never_blocked() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8, max_shards=1, submit_timeout=math.inf) as ad:
+            first = await ad.submit("a", gate.job, "a")
+            same_key = await ad.submit("a", _append, [], "a2")  # live key: admitted at once
+            other = asyncio.create_task(ad.submit("b", _append, [], "b"))
+            await until(lambda: ad._room_waiters != {}, "the submit on b to wait for room")
+            assert ad.stats().active_shards == 1
+            gate.release.set()
+            assert await within(first) == "a"
+            assert await within(same_key) == "a2"
+            assert await within(await within(other)) == "b"
+
+    run(body)
+
+
+def test_shards_exhausted_after_submit_timeout_logs_and_leaves_no_trace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8, max_shards=2, submit_timeout=0) as ad:
+            await ad.submit_multi(["a", "b"], gate.job)
+            with caplog.at_level(logging.ERROR, logger="keyed_dispatch"):
+                with pytest.raises(ShardsExhausted):
+                    await ad.submit("c", _append, [], "c")
+                with pytest.raises(ShardsExhausted, match="never fit"):
+                    await ad.submit_multi(["x", "y", "z"], _append, [], "xyz")
+            stats = ad.stats()
+            assert (stats.active_shards, stats.submitted, stats.pending) == (2, 1, 0)
+            gate.release.set()
+        messages = [r.getMessage() for r in caplog.records if r.name == "keyed_dispatch"]
+        assert messages == ["shard pool exhausted: 2 shards"]
+        assert isinstance(ShardsExhausted(), SubmitTimeout)
+
+    run(body)
+
+
+# -- 5. backpressure -----------------------------------------------------------------
+
+
+def test_max_pending_makes_submit_await_room_without_blocking_the_loop() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        async with AsyncKeyedDispatcher(8, max_pending=1, submit_timeout=math.inf) as ad:
+            await ad.submit("k", gate.job)
+            await within(gate.entered.wait())
+            await ad.submit("k", _append, [], 1)  # pending: 1, the limit
+            waiting = asyncio.create_task(ad.submit("k", _append, [], 2))
+            tick_task = asyncio.create_task(ticker())
+            await until(lambda: ticks > 10, "the loop to keep running while submit waits")
+            assert not waiting.done()
+            gate.release.set()
+            assert await within(await within(waiting)) == 2
+            tick_task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await tick_task
+
+    run(body)
+
+
+def test_submit_timeout_when_pending_stays_full_leaves_no_trace() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8, max_pending=1, submit_timeout=0.05) as ad:
+            await ad.submit("k", gate.job)
+            await ad.submit("k", _append, [], 1)
+            before = ad.stats()
+            with pytest.raises(SubmitTimeout) as info:
+                await ad.submit("other", _append, [], 2)
+            assert not isinstance(info.value, ShardsExhausted)
+            after = ad.stats()
+            assert (after.pending, after.active_shards, after.submitted) == (
+                before.pending,
+                before.active_shards,
+                before.submitted,
+            )
+            assert ad._room_waiters == {}
+            gate.release.set()
+
+    run(body)
+
+
+def test_cancelling_the_task_awaiting_admission_leaves_no_trace() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ran = asyncio.Event()
+
+        async def must_not_run() -> None:
+            ran.set()
+
+        async with AsyncKeyedDispatcher(8, max_shards=1, submit_timeout=math.inf) as ad:
+            await ad.submit("a", gate.job)
+            for call in (
+                lambda: ad.submit("b", must_not_run),
+                lambda: ad.run("b", must_not_run),
+                lambda: ad.exclusive(["b"]).__aenter__(),
+            ):
+                waiting = asyncio.create_task(call())
+                await until(lambda: len(ad._room_waiters) == 1, "the submit to wait for room")
+                waiting.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await waiting
+                stats = ad.stats()
+                assert (stats.submitted, stats.pending, stats.active_shards) == (1, 0, 1)
+                assert ad._room_waiters == {}
+            gate.release.set()
+        assert not ran.is_set()
+        assert ad.stats().submitted == 1
+
+    run(body)
+
+
+# -- 6. start deadline ------------------------------------------------------------------
+
+
+def test_start_timeout_fails_a_job_on_time_while_its_key_is_still_busy() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ran = asyncio.Event()
+
+        async def stale() -> None:
+            ran.set()
+
+        async with AsyncKeyedDispatcher(8, start_timeout=0.05) as ad:
+            loop = asyncio.get_running_loop()
+            first = await ad.submit("k", gate.job, "first")
+            admitted = loop.time()
+            late = await ad.submit("k", stale)
+            late_run = asyncio.create_task(ad.run("k", stale))
+            with pytest.raises(StartTimeout):
+                await within(late)
+            assert loop.time() - admitted >= 0.05
+            with pytest.raises(StartTimeout):
+                await within(late_run)
+            # Both failed while the first job still held the key.
+            assert not first.done()
+            assert ad.stats().timed_out == 2
+            after = await ad.submit("k", _append, [], "after")
+            gate.release.set()
+            assert await within(first) == "first"
+            assert await within(after) == "after"
+        assert not ran.is_set()
+
+    run(body)
+
+
+def test_a_job_started_in_time_is_not_timed_out() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(8, start_timeout=30) as ad:
+            futures = [await ad.submit("k", _append, [], i) for i in range(5)]
+            assert await within(asyncio.gather(*futures)) == list(range(5))
+            assert await ad.run("k", _append, [], 9) == 9
+            assert ad.stats().timed_out == 0
+
+    run(body)
+
+
+# -- 7. cancellation ----------------------------------------------------------------------
+
+
+def test_cancelling_a_queued_job_means_it_never_runs_and_the_key_moves_on() -> None:
+    async def body() -> None:
+        gate = Gate()
+        out: list[str] = []
+        async with AsyncKeyedDispatcher(8) as ad:
+            await ad.submit("k", gate.job)
+            doomed = await ad.submit("k", _append, out, "doomed")
+            # A multi-key job queued on k must not hold back its other key.
+            doomed_multi = await ad.submit_multi(["k", "j"], _append, out, "doomed-multi")
+            after_j = await ad.submit("j", _append, out, "j")
+            assert doomed.cancel()
+            assert doomed_multi.cancel()
+            assert await within(after_j) == "j"
+            gate.release.set()
+            assert await within(ad.run("k", _append, out, "k")) == "k"
+            assert ad.stats().cancelled == 2
+        assert out == ["j", "k"]
+
+    run(body)
+
+
+def test_cancelling_a_running_job_cancels_its_task_and_the_key_waits_for_the_unwinding() -> None:
+    async def body() -> None:
+        entered, unwinding, finish_unwinding = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        out: list[str] = []
+
+        async def long_job() -> None:
+            entered.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                unwinding.set()
+                await finish_unwinding.wait()
+                out.append("unwound")
+                raise
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            running = await ad.submit("k", long_job)
+            nxt = await ad.submit("k", _append, out, "next")
+            await within(entered.wait())
+            assert running.cancel()
+            await within(unwinding.wait())
+            assert ad.stats().running == 1
+            assert ad.stats().pending == 1
+            finish_unwinding.set()
+            assert await within(nxt) == "next"
+            assert ad.stats().cancelled == 1
+        assert out == ["unwound", "next"]
+        assert running.cancelled()
+
+    run(body)
+
+
+def test_cancelling_the_caller_of_run_cancels_the_job_queued_or_running() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ran = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def must_not_run() -> None:
+            ran.set()
+
+        async def slow() -> None:
+            entered.set()
+            await asyncio.Event().wait()
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            holder = asyncio.create_task(ad.run("k", gate.job))
+            await within(gate.entered.wait())
+            queued = asyncio.create_task(ad.run("k", must_not_run))
+            await until(lambda: ad.stats().pending == 1, "run() to queue")
+            queued.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            assert ad.stats().pending == 0
+            gate.release.set()
+            await within(holder)
+            running = asyncio.create_task(ad.run("k", slow))
+            await within(entered.wait())
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            stats = ad.stats()
+            assert (stats.running, stats.workers, stats.active_shards, stats.cancelled) == (0, 0, 0, 2)
+        assert not ran.is_set()
+
+    run(body)
+
+
+def test_a_caller_cancelled_right_after_its_grant_gives_the_turn_back() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ran = asyncio.Event()
+        seen: list[int] = []
+
+        async def must_not_run() -> None:
+            ran.set()
+
+        async with AsyncKeyedDispatcher(8) as ad:
+
+            async def holder() -> None:
+                await ad.run("k", gate.job)
+                # The end of that run() granted the turn to `queued`, in this
+                # very step: `queued` has not resumed yet. Cancel it now.
+                seen.append(ad.stats().running)
+                queued.cancel()
+
+            holding = asyncio.create_task(holder())
+            await within(gate.entered.wait())
+            queued = asyncio.create_task(ad.run("k", must_not_run))
+            await until(lambda: ad.stats().pending == 1, "run() to queue")
+            gate.release.set()
+            await within(holding)
+            with pytest.raises(asyncio.CancelledError):
+                await queued
+            stats = ad.stats()
+            assert (stats.running, stats.workers, stats.cancelled, stats.completed) == (0, 0, 1, 1)
+        assert seen == [1]
+        assert not ran.is_set()
+
+    run(body)
+
+
+# -- 8. errors, halt and resume ---------------------------------------------------------
+
+
+def test_a_failing_job_sets_its_exception_and_the_key_continues() -> None:
+    async def body() -> None:
+        async def boom() -> None:
+            raise ValueError("boom")
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            failed = await ad.submit("k", boom)
+            after = await ad.submit("k", _append, [], "after")
+            with pytest.raises(ValueError, match="boom"):
+                await within(failed)
+            with pytest.raises(ValueError, match="boom"):
+                await ad.run("k", boom)
+            assert await within(after) == "after"
+            assert ad.stats().failed == 2
+
+    # run() checks that no "exception was never retrieved" was reported.
+    run(body)
+
+
+def test_halt_on_error_fails_later_jobs_with_key_halted_until_resume() -> None:
+    async def body() -> None:
+        error = ValueError("cancel failed")
+
+        async def boom() -> None:
+            raise error
+
+        async with AsyncKeyedDispatcher(8, halt_on_error=True) as ad:
+            failed = await ad.submit("k", boom)
+            queued = await ad.submit("k", _append, [], "queued")
+            other = await ad.submit("other", _append, [], "other")
+            with pytest.raises(ValueError, match="cancel failed"):
+                await within(failed)
+            with pytest.raises(KeyHalted) as info:
+                await within(queued)
+            assert info.value.__cause__ is error
+            assert await within(other) == "other"
+            assert ad.halted_keys() == frozenset({"k"})
+            with pytest.raises(KeyHalted):
+                await ad.run("k", _append, [], "run")
+            with pytest.raises(KeyHalted):
+                async with ad.exclusive(["k"]):
+                    pass
+            assert ad.resume("k")
+            assert not ad.resume("k")
+            assert await ad.run("k", _append, [], "again") == "again"
+            assert ad.stats().halted_keys == 0
+
+    run(body)
+
+
+# -- 9. exclusive ------------------------------------------------------------------------
+
+
+def test_exclusive_waits_for_earlier_jobs_and_holds_later_ones() -> None:
+    async def body() -> None:
+        gate = Gate()
+        out: list[str] = []
+        async with AsyncKeyedDispatcher(8) as ad:
+            await ad.submit("a", gate.job)
+            block = asyncio.Event()
+
+            async def hold() -> None:
+                async with ad.exclusive(["a", "b"], timeout=None):
+                    out.append("block")
+                    await block.wait()
+
+            holder = asyncio.create_task(hold())
+            await until(lambda: ad.stats().pending == 1, "the block to queue")
+            later = await ad.submit("b", _append, out, "later")
+            assert out == []
+            gate.release.set()
+            await until(lambda: out == ["block"], "the block to start")
+            assert ad.stats().running == 1
+            assert not later.done()
+            block.set()
+            await within(holder)
+            assert await within(later) == "later"
+        assert out == ["block", "later"]
+
+    run(body)
+
+
+def test_exclusive_timeout_gives_the_place_up() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            await ad.submit("a", gate.job)
+            with pytest.raises(StartTimeout):
+                async with ad.exclusive(["a"], timeout=0.02):
+                    pytest.fail("the block must not run")
+            stats = ad.stats()
+            assert (stats.pending, stats.cancelled) == (0, 1)
+            gate.release.set()
+            await within(gate.exited.wait())
+            async with ad.exclusive(["a"], timeout=0):
+                pass
+
+    run(body)
+
+
+def test_exclusive_or_run_inside_a_held_key_raises_instead_of_deadlocking() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(8) as ad:
+
+            async def nested_block() -> None:
+                async with ad.exclusive(["other"]):
+                    pass
+
+            async def nested_run() -> None:
+                await ad.run("other", _append, [], 1)
+
+            with pytest.raises(RuntimeError, match="could deadlock"):
+                await ad.run("k", nested_block)
+            with pytest.raises(RuntimeError, match="could deadlock"):
+                await within(await ad.submit("k", nested_run))
+            async with ad.exclusive(["k"]):
+                with pytest.raises(RuntimeError, match="could deadlock"):
+                    await ad.run("k", _append, [], 1)
+                # A task started inside holds nothing.
+                assert await within(asyncio.create_task(ad.run("j", _append, [], 2))) == 2
+            assert ad.stats().running == 0
+
+    run(body)
+
+
+def test_an_exclusive_block_that_raises_fails_and_halts_with_halt_on_error() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(8, halt_on_error=True) as ad:
+            with pytest.raises(ZeroDivisionError):
+                async with ad.exclusive(["k"]):
+                    raise ZeroDivisionError
+            assert ad.halted_keys() == frozenset({"k"})
+            assert ad.stats().failed == 1
+            assert ad.resume("k")
+            # A cancelled block is not a failure: it does not halt.
+            block = ad.exclusive(["k"])
+            await block.__aenter__()
+            with pytest.raises(RuntimeError, match="already entered"):
+                await block.__aenter__()
+            await block.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None)
+            assert ad.halted_keys() == frozenset()
+            stats = ad.stats()
+            assert (stats.cancelled, stats.running) == (1, 0)
+
+    run(body)
+
+
+# -- 10. stats ----------------------------------------------------------------------------
+
+
+def test_stats_is_a_snapshot_of_every_counter() -> None:
+    async def body() -> None:
+        gate, gate_b = Gate(), Gate()
+        async with AsyncKeyedDispatcher(4, max_shards=10) as ad:
+            assert ad.stats().submitted == 0
+            await ad.submit("a", gate.job)
+            cancelled = await ad.submit("a", _append, [], 1)
+            await ad.submit("b", gate_b.job)
+            cancelled.cancel()
+            await within(gate.entered.wait())
+            await within(gate_b.entered.wait())
+            snapshot = ad.stats()
+            gate.release.set()
+            gate_b.release.set()
+        final = ad.stats()
+        assert snapshot.as_dict() == {
+            "max_workers": 4,
+            "workers": 2,
+            "idle_workers": 0,
+            "active_shards": 2,
+            "max_shards": 10,
+            "pending": 0,
+            "running": 2,
+            "submitted": 3,
+            "completed": 0,
+            "failed": 0,
+            "cancelled": 1,
+            "timed_out": 0,
+            "halted_keys": 0,
+            "max_wait_s": snapshot.max_wait_s,
+            "closed": False,
+        }
+        assert (final.completed, final.running, final.active_shards, final.closed) == (2, 0, 0, True)
+        assert "closed" in repr(ad)
+
+    run(body)
+
+
+# -- 11. bad input ------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_at_the_call() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(2) as ad:
+            unhashable: Any = ["list"]
+            with pytest.raises(TypeError, match="unhashable list"):
+                await ad.submit(unhashable, _append, [], 1)
+            with pytest.raises(TypeError, match="unhashable list"):
+                await ad.run(unhashable, _append, [], 1)
+            not_callable: Any = 42
+            with pytest.raises(TypeError, match="callable"):
+                await ad.submit("k", not_callable)
+            with pytest.raises(TypeError, match="callable"):
+                await ad.submit_multi(["k"], not_callable)
+            with pytest.raises(TypeError, match="callable"):
+                await ad.run("k", not_callable)
+            with pytest.raises(TypeError, match="callable"):
+                await ad.run_multi(["k"], not_callable)
+            with pytest.raises(ValueError, match="at least one key"):
+                await ad.submit_multi([], _append, [], 1)
+            with pytest.raises(TypeError, match="collection of keys"):
+                await ad.submit_multi("ab", _append, [], 1)
+            with pytest.raises(ValueError, match=">= 0"):
+                ad.exclusive(["k"], timeout=-1)
+            with pytest.raises(ValueError, match=">= 0"):
+                ad.exclusive(["k"], timeout=math.nan)
+            bad_timeout: Any = "1"
+            with pytest.raises(TypeError, match="number of seconds"):
+                ad.exclusive(["k"], timeout=bad_timeout)
+            with pytest.raises(TypeError, match="unhashable"):
+                ad.resume(unhashable)
+            # A plain function is not a coroutine function: its job fails.
+            not_a_coroutine_function: Any = lambda: 1  # noqa: E731
+            with pytest.raises(TypeError):
+                await ad.run("k", not_a_coroutine_function)
+            assert ad.stats().failed == 1
+
+    run(body)
+    with pytest.raises(ConfigError, match="max_workers"):
+        AsyncKeyedDispatcher(0)
+    with pytest.raises(ConfigError, match="start_timeout"):
+        AsyncKeyedDispatcher(start_timeout=-1)
+    with pytest.raises(ConfigError, match="max_shards"):
+        AsyncKeyedDispatcher(max_shards=0)
+    bad_flag: Any = "yes"
+    with pytest.raises(TypeError, match="halt_on_error"):
+        AsyncKeyedDispatcher(halt_on_error=bad_flag)
+
+
+# -- 12. logging ---------------------------------------------------------------------------
+
+
+def test_log_lines_match_the_thread_dispatcher(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        key = webhook_key(1, "BTC/USDT")
+        async with AsyncKeyedDispatcher(2, wait_warning=0) as ad:
+            with caplog.at_level(logging.DEBUG, logger="keyed_dispatch"):
+                await within(await ad.submit(key, _append, [], 1))
+                await ad.run(key, _append, [], 2)
+                async with ad.exclusive([key, "x"]):
+                    pass
+        messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "keyed_dispatch"]
+        starts = [m for level, m in messages if level == "DEBUG"]
+        warnings = [m for level, m in messages if level == "WARNING"]
+        assert len(starts) == 3
+        assert starts[0].startswith("started job for strategy_1_symbol_BTC/USDT (waited 0.")
+        assert starts[2].startswith("started job for strategy_1_symbol_BTC/USDT+x (waited ")
+        assert len(warnings) == 3
+        assert warnings[0].startswith("job for strategy_1_symbol_BTC/USDT waited 0.")
+
+    run(body)
+
+
+# -- 13. context, loop binding, threads ---------------------------------------------------
+
+
+def test_a_submitted_job_runs_in_the_submitters_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+    async def body() -> None:
+        async def read() -> str:
+            return request_id.get()
+
+        async with AsyncKeyedDispatcher(2) as ad:
+            gate = Gate()
+            await ad.submit("k", gate.job)
+            request_id.set("r1")
+            first = await ad.submit("k", read)
+            request_id.set("r2")
+            second = await ad.submit("k", read)
+            third = ad.run("k", read)
+            gate.release.set()
+            assert list(await within(asyncio.gather(first, second, third))) == ["r1", "r2", "r2"]
+
+    run(body)
+
+
+def test_the_dispatcher_binds_to_its_first_loop() -> None:
+    ad = AsyncKeyedDispatcher(2)
+    with pytest.raises(RuntimeError, match="not bound to an event loop yet"):
+        ad.submit_threadsafe("k", _append, [], 1)
+
+    async def first() -> None:
+        await ad.run("k", _append, [], 1)
+
+    async def second() -> None:
+        with pytest.raises(RuntimeError, match="bound to event loop"):
+            await ad.submit("k", _append, [], 2)
+        with pytest.raises(RuntimeError, match="bound to event loop"):
+            await ad.run("k", _append, [], 2)
+        with pytest.raises(RuntimeError, match="bound to event loop"):
+            await ad.aclose()
+        with pytest.raises(RuntimeError, match="bound to event loop"):
+            async with ad:
+                pass
+
+    run(first)
+    run(second)
+    coro = ad.run("k", _append, [], 3)
+    with pytest.raises(RuntimeError, match="must be used from a coroutine"):
+        coro.send(None)
+    coro.close()
+
+
+def test_other_threads_get_a_clear_error_and_submit_threadsafe_works() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(2) as ad:
+            gate = Gate()
+            await ad.submit("k", gate.job)
+
+            def from_thread() -> list[Any]:
+                errors: list[Any] = []
+                for call in (ad.stats, ad.halted_keys, lambda: ad.resume("k")):
+                    with pytest.raises(RuntimeError) as info:
+                        call()
+                    errors.append(str(info.value))
+                future = ad.submit_threadsafe("k", _append, [], "threadsafe")
+                return [errors, future]
+
+            errors, future = await asyncio.to_thread(from_thread)
+            assert len(errors) == 3
+            assert all("confined to the thread of its event loop" in e for e in errors)
+            gate.release.set()
+            assert await within(asyncio.wrap_future(future)) == "threadsafe"
+            # Cancelling the concurrent future cancels the job.
+            blocker = Gate()
+            await ad.submit("k", blocker.job)
+            doomed = ad.submit_threadsafe("k", _append, [], "doomed")
+            await until(lambda: ad.stats().pending == 1, "the threadsafe job to queue")
+            doomed.cancel()
+            await until(lambda: ad.stats().pending == 0, "the cancel to retire the job")
+            blocker.release.set()
+        with pytest.raises(DispatcherClosed):
+            ad.submit_threadsafe("k", _append, [], 1)
+
+    run(body)
+
+
+# -- 14. shutdown -------------------------------------------------------------------------
+
+
+def test_aclose_drains_then_refuses_new_jobs() -> None:
+    async def body() -> None:
+        out: list[int] = []
+        ad = AsyncKeyedDispatcher(2)
+        gate = Gate()
+        await ad.submit("k", gate.job)
+        queued = [await ad.submit("k", _append, out, i) for i in range(3)]
+        closing = asyncio.create_task(ad.aclose())
+        await until(lambda: ad.stats().closed, "aclose to begin")
+        with pytest.raises(DispatcherClosed):
+            await ad.submit("k", _append, out, 99)
+        with pytest.raises(DispatcherClosed):
+            ad.submit_threadsafe("k", _append, out, 99)
+        assert not closing.done()
+        gate.release.set()
+        await within(closing)
+        assert [f.result() for f in queued] == [0, 1, 2]
+        assert out == [0, 1, 2]
+        await ad.aclose()  # idempotent
+        with pytest.raises(DispatcherClosed):
+            await ad.run("k", _append, out, 99)
+
+    run(body)
+
+
+def test_aclose_cancel_pending_cancels_what_has_not_started() -> None:
+    async def body() -> None:
+        ad = AsyncKeyedDispatcher(2, max_shards=1, submit_timeout=math.inf)
+        gate = Gate()
+        running = await ad.submit("k", gate.job, "ran")
+        queued = await ad.submit("k", _append, [], 1)
+        queued_run = asyncio.create_task(ad.run("k", _append, [], 2))
+        queued_block = asyncio.create_task(ad.exclusive(["k"]).__aenter__())
+        waiting_for_room = asyncio.create_task(ad.submit("other", _append, [], 3))
+        await until(lambda: ad.stats().pending == 3 and len(ad._room_waiters) == 1, "everything to queue")
+        closing = asyncio.create_task(ad.aclose(cancel_pending=True))
+        with pytest.raises(DispatcherClosed):
+            await within(queued_run)
+        with pytest.raises(DispatcherClosed):
+            await within(queued_block)
+        with pytest.raises(DispatcherClosed):
+            await within(waiting_for_room)
+        assert queued.cancelled()
+        assert not closing.done()
+        gate.release.set()
+        await within(closing)
+        assert running.result() == "ran"
+        stats = ad.stats()
+        assert (stats.cancelled, stats.completed, stats.pending, stats.active_shards) == (3, 1, 0, 0)
+
+    run(body)
+
+
+def test_aclose_from_inside_a_job_raises() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(2) as ad:
+
+            async def close_me() -> None:
+                await ad.aclose()
+
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                await ad.run("k", close_me)
+            with pytest.raises(RuntimeError, match="wait for itself"):
+                await within(await ad.submit("k", close_me))
+
+    run(body)
+
+
+def test_cancelling_aclose_stops_the_wait_not_the_drain() -> None:
+    async def body() -> None:
+        ad = AsyncKeyedDispatcher(2)
+        gate = Gate()
+        job = await ad.submit("k", gate.job, "done")
+        closing = asyncio.create_task(ad.aclose())
+        await until(lambda: ad.stats().closed, "aclose to begin")
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        gate.release.set()
+        assert await within(job) == "done"
+        await within(ad.aclose())
+
+    run(body)
+
+
+def test_an_unused_dispatcher_closes_cleanly() -> None:
+    async def body() -> None:
+        ad = AsyncKeyedDispatcher()
+        await ad.aclose()
+        assert ad.stats().closed
+
+    run(body)
