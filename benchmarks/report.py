@@ -259,7 +259,8 @@ def table(results: dict[str, Any]) -> str:
         f"{machine['cpu_model']}, Python {machine['python']}",
         "",
     ]
-    out += _matrix(thread_rows, thread_systems, with_ratio=True)
+    if thread_rows:
+        out += _matrix(thread_rows, thread_systems, with_ratio=True)
     info = results.get("info", {})
     for workload in ("hot", "mild"):
         if workload in info:
