@@ -1,15 +1,16 @@
 """Where a no-op job's time goes: ``python -m benchmarks.profile_paths``.
 
-Two views of the dispatch paths of one system on noop-uniform or
+Three views of the dispatch paths of each system on noop-uniform and
 noop-one-key:
 
-* split: with every worker held busy, the submit loop alone (ns per job),
-  then, once the workers are let go, the drain alone (run loop and
-  completion, ns per job); each with the cyclic GC on and off, because the
-  GC's share grows with the objects a queued job keeps alive;
-* pipelined: a normal timed run (as the suite's), in ns per job, with the
+* pipelined: a normal timed run (as the suite's): wall-clock and CPU ns per
+  job (CPU of the whole process, all threads, user and system), and the
   context switches the process made per job (``getrusage``): a contended
   lock shows as switches;
+* split: with every worker held busy, the submit loop alone, then, once the
+  workers are let go, the drain alone (run loop and completion), in CPU ns
+  per job; with the cyclic GC on and off, because the GC's share grows
+  with the objects a queued job keeps alive;
 * profile: cProfile in the submitting thread and in every worker thread of
   a pipelined run, the top functions by own CPU time (``time.thread_time``,
   so a thread waiting for the GIL or a lock is not charged), in ns per job.
@@ -48,7 +49,11 @@ def _keys(workload: str, jobs: int) -> list[Hashable]:
 
 
 def split_costs(name: str, keys: Sequence[Hashable], *, collect: bool) -> tuple[float, float]:
-    """(submit, drain) in ns per job, the two phases apart (see module doc)."""
+    """(submit, drain) in CPU ns per job, the two phases apart (see module doc).
+
+    CPU time of the whole process: while the workers are held, that is the
+    submitting thread's; during the drain, the workers' (and shutdown's).
+    """
     system = make_system(name, 8, live_keys=len(set(keys)))
     system.warm()
     release = threading.Event()
@@ -57,12 +62,12 @@ def split_costs(name: str, keys: Sequence[Hashable], *, collect: bool) -> tuple[
     if not collect:
         gc.disable()
     try:
-        start = time.perf_counter_ns()
+        start = time.process_time_ns()
         system.submit_many(keys, noop)
-        submitted = time.perf_counter_ns()
+        submitted = time.process_time_ns()
         release.set()
         system.shutdown()
-        drained = time.perf_counter_ns()
+        drained = time.process_time_ns()
     finally:
         gc.enable()
     for gate in gates:
@@ -75,17 +80,19 @@ def _switches() -> int:
     return usage.ru_nvcsw + usage.ru_nivcsw
 
 
-def pipelined(name: str, keys: Sequence[Hashable]) -> tuple[float, float]:
-    """(ns per job, context switches per job) of a normal run."""
+def pipelined(name: str, keys: Sequence[Hashable]) -> tuple[float, float, float]:
+    """(wall ns, CPU ns, context switches) per job of a normal run."""
     system = make_system(name, 8, live_keys=len(set(keys)))
     system.warm()
     gc.collect()
     switches = _switches()
+    cpu = time.process_time_ns()
     start = time.perf_counter_ns()
     system.submit_many(keys, noop)
     system.shutdown()
     elapsed = time.perf_counter_ns() - start
-    return elapsed / len(keys), (_switches() - switches) / len(keys)
+    cpu = time.process_time_ns() - cpu
+    return elapsed / len(keys), cpu / len(keys), (_switches() - switches) / len(keys)
 
 
 def profile_run(name: str, keys: Sequence[Hashable]) -> tuple[pstats.Stats, pstats.Stats | None]:
@@ -153,9 +160,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = _keys(workload, args.jobs)
         print(f"== {workload}, {args.jobs:,} no-op jobs, 8 workers")
         print(
-            f"  {'':8} {'pipelined':>20} | {'gated, GC on':>15} | {'gated, GC off':>15}\n"
-            f"  {'system':8} {'ns/job':>8} {'switches':>11} | "
-            f"{'submit':>7} {'drain':>7} | {'submit':>7} {'drain':>7}"
+            f"  {'':8} {'pipelined, per job':>29} | {'gated, CPU ns/job':>17} | {'same, GC off':>15}\n"
+            f"  {'system':8} {'wall ns':>8} {'CPU ns':>8} {'switches':>11} | "
+            f"{'submit':>8} {'drain':>8} | {'submit':>7} {'drain':>7}"
         )
         middle = args.reps // 2
         for name in systems:
@@ -163,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             on = sorted(split_costs(name, keys, collect=True) for _ in range(args.reps))[middle]
             off = sorted(split_costs(name, keys, collect=False) for _ in range(args.reps))[middle]
             print(
-                f"  {name:8} {run[0]:8,.0f} {run[1]:11.2f} | {on[0]:7,.0f} {on[1]:7,.0f} | "
+                f"  {name:8} {run[0]:8,.0f} {run[1]:8,.0f} {run[2]:11.2f} | {on[0]:8,.0f} {on[1]:8,.0f} | "
                 f"{off[0]:7,.0f} {off[1]:7,.0f}"
             )
         if args.no_profile:

@@ -163,16 +163,23 @@ def _machine() -> dict[str, Any]:
 def _throughput_rows(
     size: Size, systems: Sequence[str], workload: str, keys: list[str], say: Callable[[str], None]
 ) -> list[Row]:
-    runs: dict[str, list[float]] = {name: [] for name in systems}
+    wall: dict[str, list[float]] = {name: [] for name in systems}
+    cpu: dict[str, list[float]] = {name: [] for name in systems}
     live_keys = len(set(keys))
     for rep in range(size.reps):
         for name in systems:
             system = make_system(name, size.workers, live_keys=live_keys)
             system.warm()
             rate = workloads.throughput(system, keys)
-            runs[name].append(rate)
-            say(f"{workload:13} {name:7} rep {rep + 1}/{size.reps}: {rate:,.0f} jobs/s")
-    return [_row(workload, name, "throughput", runs[name], "jobs/s") for name in systems]
+            wall[name].append(rate.wall)
+            cpu[name].append(rate.cpu)
+            say(
+                f"{workload:13} {name:7} rep {rep + 1}/{size.reps}: {rate.wall:,.0f} jobs/s, "
+                f"{rate.cpu:,.0f} jobs/CPU-s"
+            )
+    rows = [_row(workload, name, "throughput", wall[name], "jobs/s") for name in systems]
+    rows += [_row(workload, name, "per CPU second", cpu[name], "jobs/CPU-s") for name in systems]
+    return rows
 
 
 def _io_rows(
@@ -303,22 +310,31 @@ def _multi_rows(size: Size, systems: Sequence[str], say: Callable[[str], None]) 
         random.Random(f"{size.seed}:multi"), size.multi_jobs, size.multi_keys
     )
     capable = [name for name in systems if SYSTEM_CLASSES[name].multi_key]
-    single: dict[str, list[float]] = {name: [] for name in capable}
-    multi: dict[str, list[float]] = {name: [] for name in capable}
+    # (label, key sets) -> system -> [(wall, cpu) per repetition]
+    variants = (("single-key", singles), ("2-3 keys", keysets))
+    rates: dict[str, dict[str, list[workloads.Rate]]] = {
+        label: {name: [] for name in capable} for label, _ in variants
+    }
     for rep in range(size.reps):
         for name in capable:
-            for label, sets, runs in (("single", singles, single), ("multi", keysets, multi)):
+            for label, sets in variants:
                 system = make_system(name, size.workers)
                 system.warm()
                 rate = workloads.multi_throughput(system, sets)
-                runs[name].append(rate)
-                say(f"multi         {name:7} rep {rep + 1}/{size.reps}: {label} {rate:,.0f} jobs/s")
+                rates[label][name].append(rate)
+                say(
+                    f"multi         {name:7} rep {rep + 1}/{size.reps}: {label} {rate.wall:,.0f} jobs/s, "
+                    f"{rate.cpu:,.0f} jobs/CPU-s"
+                )
     rows: list[Row] = []
     for name in capable:
-        rows.append(_row("multi", name, "single-key", single[name], "jobs/s"))
-        rows.append(_row("multi", name, "2-3 keys", multi[name], "jobs/s"))
-        ratios = [m / s for m, s in zip(multi[name], single[name], strict=True)]
+        single, multi = rates["single-key"][name], rates["2-3 keys"][name]
+        rows.append(_row("multi", name, "single-key", [r.wall for r in single], "jobs/s"))
+        rows.append(_row("multi", name, "2-3 keys", [r.wall for r in multi], "jobs/s"))
+        ratios = [m.wall / s.wall for m, s in zip(multi, single, strict=True)]
         rows.append(_row("multi", name, "multi/single", ratios, "x"))
+        ratios = [m.cpu / s.cpu for m, s in zip(multi, single, strict=True)]
+        rows.append(_row("multi", name, "multi/single per CPU-s", ratios, "x"))
     return rows
 
 
