@@ -335,6 +335,10 @@ def chart(results: dict[str, Any], path: Path) -> str:
         "hashed": "#5b8cc0",
         "keyed": "#2e9e5b",
         "floor": "#444444",
+        "bare": "#9e9e9e",
+        "lock-map": "#e07b39",
+        "ad.run": "#2e9e5b",
+        "ad.submit": "#8fd19e",
     }
 
     def values(workload: str, metric: str, names: Sequence[str]) -> list[float | None]:
@@ -370,7 +374,20 @@ def chart(results: dict[str, Any], path: Path) -> str:
             [],
         ),
     ]
-    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.8))
+    async_workloads = list(
+        dict.fromkeys(r["workload"] for r in rows if r["system"] == "ad.run" and r["metric"] == "throughput")
+    )
+    if async_workloads:
+        panels.append(
+            (
+                "asyncio: jobs per CPU second (higher is better)",
+                "jobs/s",
+                [(workload, "throughput", workload) for workload in async_workloads],
+                ["bare", "lock-map", "ad.run", "ad.submit"],
+                [],
+            )
+        )
+    figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8))
     for axis, (title, unit, groups, names, lines) in zip(axes, panels, strict=True):
         width = 0.8 / max(1, len(names))
         for index, name in enumerate(names):
@@ -388,7 +405,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
         for group_index, value, label in lines:
             axis.hlines(value, group_index - 0.45, group_index + 0.45, linestyles="--", color="#b00020")
             axis.annotate(
-                label, (group_index + 0.45, value), fontsize=7, ha="right", va="bottom", color="#b00020"
+                label, (group_index - 0.45, value), fontsize=7, ha="left", va="top", color="#b00020"
             )
         axis.set_xticks(range(len(groups)), [label for _, _, label in groups], fontsize=8)
         axis.set_title(title, fontsize=10)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
+import json
 import os
 import platform
 import random
@@ -466,7 +467,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chart", type=Path, help="the PNG chart (default: beside the JSON file)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--replot",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the table and draw the chart of JSON",
+    )
     args = parser.parse_args(argv)
+    if args.replot is not None:
+        results = json.loads(args.replot.read_text(encoding="utf-8"))
+        print(report.table(results))
+        if not args.no_chart:
+            print(report.chart(results, args.chart or args.replot.with_suffix(".png")), file=sys.stderr)
+        return 0
     if args.quick and args.size not in (None, "quick"):
         parser.error("--quick and --size disagree")
     size = SIZES[args.size or ("quick" if args.quick else "full")]

@@ -145,6 +145,18 @@ def test_chart_is_drawn_when_matplotlib_is_installed(
     assert path.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.slow
+def test_replot_prints_the_table_of_a_saved_run(
+    smoke_run: tuple[dict[str, Any], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = smoke_run
+    capsys.readouterr()
+    assert _bench.main(["--replot", str(path), "--no-chart"]) == 0
+    out = capsys.readouterr().out
+    assert "smoke run" in out
+    assert "Targets for KeyedDispatcher" in out
+
+
 def test_cli_lists_the_bench_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["--help"]) == 0
     assert "bench" in capsys.readouterr().out
