@@ -9,6 +9,7 @@ correctness figure of the suite, KeyedDispatcher's same-key order, is clean.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -157,6 +158,18 @@ def test_replot_prints_the_table_of_a_saved_run(
     assert "Targets for KeyedDispatcher" in out
 
 
+@pytest.mark.slow
+def test_profile_paths_runs(suite: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    profile_paths = importlib.import_module("benchmarks.profile_paths")
+    argv = ["--jobs", "200", "--reps", "1", "--top", "3", "--system", "keyed", "--workload", "noop-one-key"]
+    assert profile_paths.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "keyed: submitting thread (cProfile)" in out
+    assert "keyed: worker threads, merged (cProfile)" in out
+
+
 def test_cli_lists_the_bench_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["--help"]) == 0
     assert "bench" in capsys.readouterr().out
@@ -165,6 +178,20 @@ def test_cli_lists_the_bench_command(capsys: pytest.CaptureFixture[str]) -> None
 def test_missing_suite_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="source checkout"):
         _bench.find_suite(tmp_path)
+
+
+def test_a_shadowing_benchmarks_package_is_refused(
+    suite: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another checkout's suite cannot be loaded once this one is imported:
+    # better an error than measuring with the wrong code.
+    other = tmp_path / "benchmarks"
+    other.mkdir()
+    (other / "suite.py").write_text("", encoding="utf-8")
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    with pytest.raises(ImportError, match="expected it in"):
+        _bench.load_suite(_bench.find_suite(tmp_path))
+    assert str(tmp_path) in sys.path
 
 
 def test_bench_command_without_the_suite_exits_2(
