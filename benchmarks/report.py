@@ -321,10 +321,11 @@ def chart(results: dict[str, Any], path: Path) -> str:
     reason, when matplotlib (the ``bench`` extra) is not installed.
     """
     try:
-        import matplotlib as mpl  # noqa: PLC0415 - optional dependency
+        # Optional (the ``bench`` extra): mypy may run where it is missing.
+        import matplotlib as mpl  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
 
         mpl.use("Agg")
-        import matplotlib.pyplot as plt  # noqa: PLC0415
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
     except ImportError:
         return "chart skipped: matplotlib is not installed (pip install 'keyed_dispatch[bench]')"
     rows: list[Row] = results["rows"]
