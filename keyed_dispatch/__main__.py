@@ -13,6 +13,7 @@ from collections.abc import Sequence
 # command -> (module relative to this package, its help line). Each module
 # has ``main(argv: Sequence[str]) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("._bench", "run the benchmark suite (source checkout; --quick for the short run)"),
     "demo": ("._demo", "reproduce the webhook race three ways and print the table"),
     "worker": (".postgres._cli", "run jobs from a PostgreSQL queue (needs the postgres extra)"),
 }
