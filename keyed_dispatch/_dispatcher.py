@@ -260,8 +260,18 @@ class KeyedDispatcher:
             elif abort is not None and abort.is_set():
                 raise _NoRoom
             now = _monotonic()
-            engine.admit(job, now)
-            if fn is not None and config.start_timeout is not None:
+            idle = self._idle
+            if idle and fn is not None and not engine.ready:
+                # The fast path of an idle pool: a job that can start now
+                # goes straight to an idle worker, without the ready heap.
+                if engine.admit_started(job, now):
+                    worker = idle.pop()
+                    worker.job = job
+                    worker.wake.release()
+                    return future
+            else:
+                engine.admit(job, now)
+            if fn is not None and config.start_timeout is not None and job.state == QUEUED:
                 self._add_deadline_locked(job, now + config.start_timeout)
             if engine.ready or engine.ready_blocks:
                 spawn = self._dispatch_locked()

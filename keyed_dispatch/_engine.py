@@ -147,8 +147,11 @@ class Engine:
     )
 
     def __init__(self, *, halt_on_error: bool) -> None:
-        self.shards: dict[Hashable, deque[Job]] = {}
-        self.ready: list[Job] = []
+        # A key's shard: the job itself while it is the key's only one (no
+        # deque for the common case: a deque costs ~600 bytes), else a deque.
+        self.shards: dict[Hashable, Job | deque[Job]] = {}
+        # (seq, job) entries: tuples compare in C, cheaper than Job.__lt__.
+        self.ready: list[tuple[float, Job]] = []
         # Runnable exclusive blocks (fn is None) wait here instead of in
         # ``ready``: they run in their caller's thread, so they must not
         # queue for a worker behind jobs (take_block).
@@ -176,6 +179,16 @@ class Engine:
         The job becomes runnable (pushed on ``ready``) if it heads every
         shard. Keys must be hashable and free of duplicates.
         """
+        self.pending += 1
+        if not self._place(job, now):
+            if job.fn is None:
+                self.ready_blocks.append(job)
+            else:
+                heapq.heappush(self.ready, (job.seq, job))
+
+    def _place(self, job: Job, now: float) -> int:
+        # Number the job and append it to each of its keys' shards; returns
+        # (and records) the shards it does not head.
         job.seq = seq = self.next_seq
         self.next_seq = seq + 1
         job.admitted = now
@@ -184,18 +197,32 @@ class Engine:
         for key in job.keys:
             shard = shards.get(key)
             if shard is None:
-                shards[key] = deque((job,))
+                shards[key] = job
             else:
-                shard.append(job)
+                if isinstance(shard, deque):
+                    shard.append(job)
+                else:
+                    shards[key] = deque((shard, job))
                 blockers += 1
         job.blockers = blockers
-        self.pending += 1
         self.submitted += 1
-        if not blockers:
-            if job.fn is None:
-                self.ready_blocks.append(job)
-            else:
-                heapq.heappush(self.ready, job)
+        return blockers
+
+    def _pop_head(self, key: Hashable) -> deque[Job] | None:
+        # Remove the head of ``key``'s shard; return the rest, or None (and
+        # drop the shard) if nothing is left.
+        shards = self.shards
+        shard = shards[key]
+        if isinstance(shard, deque):
+            shard.popleft()
+            if shard:
+                return shard
+        del shards[key]
+        if not shards:
+            # A dict never shrinks: let a drained table go, so that idle
+            # keys cost nothing after a burst of many keys.
+            self.shards = {}
+        return None
 
     def admit_started(self, job: Job, now: float) -> bool:
         """Admit ``job`` and take it at once if it can start now.
@@ -210,21 +237,7 @@ class Engine:
         if self.ready:
             self.admit(job, now)
             return False
-        job.seq = seq = self.next_seq
-        self.next_seq = seq + 1
-        job.admitted = now
-        blockers = 0
-        shards = self.shards
-        for key in job.keys:
-            shard = shards.get(key)
-            if shard is None:
-                shards[key] = deque((job,))
-            else:
-                shard.append(job)
-                blockers += 1
-        self.submitted += 1
-        if blockers:
-            job.blockers = blockers
+        if self._place(job, now):
             self.pending += 1
             return False
         job.state = RUNNING
@@ -244,7 +257,7 @@ class Engine:
         """
         ready = self.ready
         while ready:
-            job = heapq.heappop(ready)
+            job = heapq.heappop(ready)[1]
             if job.state == QUEUED:
                 return self._start(job, now)
             # Killed while runnable: already out of its shards.
@@ -279,11 +292,17 @@ class Engine:
         job.state = DONE
         self.outcomes[outcome] += 1
         key = keys[0]
-        shard = self.shards[key]
-        shard.popleft()
-        if not shard:
-            del self.shards[key]
-        else:
+        shards = self.shards
+        shard = shards[key]
+        if isinstance(shard, deque):
+            shard.popleft()
+        if shard is job or not shard:
+            # _pop_head(key), inlined on the hot path: the key is idle now.
+            del shards[key]
+            if not shards:
+                self.shards = {}
+            return self.take(now) if self.ready else None
+        if isinstance(shard, deque):
             head = shard[0]
             if head.state == QUEUED and head.blockers == 1 and head.fn is not None:
                 # The successor needs only this key (blocks go to
@@ -296,7 +315,7 @@ class Engine:
                     head.streak = 0
                     return self._start(head, now)
                 streak = job.streak + 1
-                if streak < HOT_BATCH and head.seq < ready[0].seq:
+                if streak < HOT_BATCH and head.seq < ready[0][0]:
                     head.blockers = 0
                     head.streak = streak
                     return self._start(head, now)
@@ -341,17 +360,13 @@ class Engine:
         if outcome == FAILED and self.halt_on_error and error is not None:
             for key in job.keys:
                 self.halted[key] = error
-        shards = self.shards
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
         for key in job.keys:
-            shard = shards[key]
-            shard.popleft()
-            if shard:
+            shard = self._pop_head(key)
+            if shard is not None:
                 self._advance(key, shard, streak)
-            else:
-                del shards[key]
 
     def kill(self, job: Job, outcome: int) -> bool:
         """Retire a job that has not started (cancelled or expired).
@@ -369,12 +384,10 @@ class Engine:
         shards = self.shards
         for key in job.keys:
             shard = shards[key]
-            if shard[0] is job:
-                shard.popleft()
-                if shard:
-                    self._advance(key, shard)
-                else:
-                    del shards[key]
+            if shard is job or (isinstance(shard, deque) and shard[0] is job):
+                rest = self._pop_head(key)
+                if rest is not None:
+                    self._advance(key, rest)
         return True
 
     def _advance(self, key: Hashable, shard: deque[Job], streak: int = 0) -> None:
@@ -393,19 +406,23 @@ class Engine:
                     self.ready_blocks.append(head)
                     return
                 ready = self.ready
-                while ready and ready[0].state != QUEUED:
+                while ready and ready[0][1].state != QUEUED:
                     heapq.heappop(ready)  # killed while runnable
-                if not ready or head.seq > ready[0].seq:
+                if not ready or head.seq > ready[0][0]:
                     head.streak = 0  # nothing waits, or it queues behind
                 elif streak >= HOT_BATCH:
                     # Its batch is used up: the oldest waiting job goes first.
-                    head.seq = ready[0].seq + 0.5
+                    head.seq = ready[0][0] + 0.5
                     head.streak = 0
                 else:
                     head.streak = streak
-                heapq.heappush(ready, head)
+                heapq.heappush(ready, (head.seq, head))
             return
-        del self.shards[key]
+        # Only dead jobs were left: the key is idle.
+        shards = self.shards
+        del shards[key]
+        if not shards:
+            self.shards = {}
 
     # -- introspection -----------------------------------------------------
 
@@ -413,7 +430,7 @@ class Engine:
         """Every live job not started yet, oldest first."""
         seen: dict[int, Job] = {}
         for shard in self.shards.values():
-            for job in shard:
+            for job in shard if isinstance(shard, deque) else (shard,):
                 if job.state == QUEUED:
                     seen[id(job)] = job
         return sorted(seen.values(), key=lambda job: job.seq)
