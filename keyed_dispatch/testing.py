@@ -22,7 +22,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import asyncio
 import functools
 import inspect
 import itertools
@@ -360,7 +359,7 @@ def job_specs(
     ``max_keys_per_job`` distinct keys); optionally failing or marked for
     cancellation.
     """
-    from hypothesis import strategies as st  # noqa: PLC0415 - Hypothesis is optional: imported on use
+    from hypothesis import strategies as st
 
     key = st.sampled_from(list(keys))
     single = key.map(lambda k: (k,))
@@ -383,7 +382,7 @@ def workloads(
     cancellations: bool = True,
 ) -> SearchStrategy[list[JobSpec]]:
     """A Hypothesis strategy for a list of jobs (see :func:`job_specs`)."""
-    from hypothesis import strategies as st  # noqa: PLC0415 - Hypothesis is optional: imported on use
+    from hypothesis import strategies as st
 
     return st.lists(
         job_specs(

@@ -19,9 +19,6 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from tests import pg_tasks  # noqa: E402
-from tests.conftest import WorkerFactory  # noqa: E402
-
 from keyed_dispatch import DispatcherClosed, StartTimeout, SubmitTimeout, webhook_key  # noqa: E402
 from keyed_dispatch.postgres import (  # noqa: E402
     SCHEMA_VERSION,
@@ -35,6 +32,8 @@ from keyed_dispatch.postgres import (  # noqa: E402
 from keyed_dispatch.postgres._burst import check_events, create_events_table, read_events, submit_burst  # noqa: E402
 from keyed_dispatch.postgres._cli import main as worker_main  # noqa: E402
 from keyed_dispatch.postgres._schema import check_schema_name, lock_class  # noqa: E402
+from tests import pg_tasks  # noqa: E402
+from tests.conftest import WorkerFactory  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -539,7 +538,8 @@ def test_dispatcher_survives_fork(pg_dsn: str, pg_schema: str, pg_worker: Worker
         if pid == 0:  # pragma: no cover  # the child reports through its exit status
             status = 1
             try:
-                status = 0 if d.submit("k", "tests.pg_tasks:echo", "child").result(20)["args"] == ["child"] else 3
+                echoed = d.submit("k", "tests.pg_tasks:echo", "child").result(20)["args"]
+                status = 0 if echoed == ["child"] else 3
             finally:
                 os.write(write, bytes([status]))
                 os._exit(status)

@@ -28,7 +28,7 @@ __all__ = [
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
 
-class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # noqa: N818  # named like the core's errors
+class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # named like the core's errors
     """The database could not be reached (bad DSN, server down, connection lost).
 
     Raised by ``submit*``, ``install_schema`` and ``stats``; a submit that
@@ -36,7 +36,7 @@ class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # noqa: N818  #
     """
 
 
-class JobFailed(KeyedDispatchError, RuntimeError):  # noqa: N818  # named like the core's errors
+class JobFailed(KeyedDispatchError, RuntimeError):  # named like the core's errors
     """A job raised in the worker that ran it; set on the submitter's future.
 
     Attributes:

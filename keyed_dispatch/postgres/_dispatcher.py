@@ -398,7 +398,7 @@ class PostgresDispatcher:
                 elif tokens:
                     self._poll(tokens)
                 failures = 0
-            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # one reconnect per failure
                 failures += 1
                 if conn is not None:
                     conn.close()

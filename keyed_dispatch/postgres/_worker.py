@@ -317,7 +317,7 @@ class _Worker:
                 if self.stop.is_set():
                     self.wake.set()  # the main loop may be waiting a whole poll interval
                 failures = 0
-            except (psycopg.Error, DatabaseUnavailable) as exc:  # noqa: PERF203  # one reconnect per failure
+            except (psycopg.Error, DatabaseUnavailable) as exc:  # one reconnect per failure
                 failures += 1
                 if conn is not None:
                     conn.close()
