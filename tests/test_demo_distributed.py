@@ -34,7 +34,7 @@ from keyed_dispatch._demo_distributed import (
     submit_share,
     webhook_payload,
 )
-from keyed_dispatch._demo_exchange import ExchangeOrder
+from keyed_dispatch._demo_exchange import ExchangeError, ExchangeOrder
 from keyed_dispatch._demo_webhooks import LimitOrder, Webhook, WebhookHandler, audit
 from tests.conftest import WorkerFactory
 
@@ -168,6 +168,38 @@ def test_shared_exchange_keeps_the_fake_exchanges_semantics(world: str, connecti
     assert [o.order_id for o in exchange.snapshot(2, "BTC/USDT")] == [other]
     # list + one cancel per order, plus the four placements
     assert exchange.calls == 1 + 2 + 4
+    strict = SharedExchange(connections, world, max_notional=Decimal(5))
+    with pytest.raises(ExchangeError, match="insufficient balance"):
+        strict.place_limit(1, "ETH/USDT", "buy", Decimal(100), Decimal("0.1"))
+    assert strict.snapshot(1, "ETH/USDT") == []
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_recorded_as_failed_with_its_error_type(
+    pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYED_DISPATCH_DSN", pg_dsn)
+    pg_worker()
+    burst = make_burst(DemoOptions(webhooks=2, keys=1))
+    out = io.StringIO()
+    try:
+        submit_share(
+            payloads=[webhook_payload(webhook) for webhook in burst.webhooks],
+            queue=pg_schema,
+            world="w_never_created",
+            threads=2,
+            ordered=True,
+            latency_ms=0,
+            jitter=0,
+            seed=1,
+            go=io.StringIO("go\n"),
+            out=out,
+        )
+    finally:
+        close_worlds()
+    records = [json.loads(line) for line in out.getvalue().splitlines()[1:-1]]
+    assert [r["failure"] for r in records] == ["UndefinedTable", "UndefinedTable"]
+    assert all(r["job_id"] > 0 for r in records)
 
 
 def test_handler_over_the_shared_world_keeps_exchange_and_db_in_step(
