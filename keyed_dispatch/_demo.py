@@ -484,7 +484,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m keyed_dispatch demo",
         description="Reproduce the seed's webhook race (unsafe), the lock-per-key baseline (locks) "
-        "and KeyedDispatcher (keyed) on one burst; print one row per mode.",
+        "and KeyedDispatcher (keyed) on one burst; print one row per mode. --distributed adds the "
+        "same burst across processes through PostgreSQL (distributed; needs the postgres-embedded "
+        "extra or --dsn).",
     )
     parser.add_argument("--webhooks", type=int, default=defaults.webhooks, help="webhooks in the burst")
     parser.add_argument("--keys", type=int, default=defaults.keys, help="(strategy, symbol) keys")

@@ -544,11 +544,13 @@ def run_distributed(
 
     Starts an embedded PostgreSQL server unless ``options.dsn`` names one,
     works in two fresh schemas (the queue and the world) dropped at the end,
-    starts ``options.workers`` worker processes with ``options.threads //
-    workers`` threads each, then ``options.submitters`` submitter processes
+    and starts ``options.workers`` worker processes with ``options.threads //
+    workers`` threads each and ``options.submitters`` submitter processes
     with ``options.threads // submitters`` request threads each; webhook
-    ``seq`` goes to submitter ``seq % submitters``. All submitters start
-    firing together once every process is connected.
+    ``seq`` goes to submitter ``seq % submitters``. Once every worker listens
+    and every submitter is connected, all submitters start firing together;
+    the row's time runs from the first arrival to the last result.
+    Workers are stopped with SIGTERM (graceful) at the end.
 
     ``ordered=False`` submits each webhook on a key of its own (no
     ordering: the control experiment).
