@@ -9,6 +9,15 @@ three times over a fresh fake exchange and a fresh SQLite order table:
 * ``keyed``: the request thread submits the handler to a KeyedDispatcher
   (``submit_multi`` on the webhook's keys) and waits for its result.
 
+With ``--distributed`` a fourth row, ``distributed``, runs the same burst
+across processes: submitter processes submit it through PostgresDispatcher
+to worker processes, over an exchange and an orders table shared in
+PostgreSQL (an embedded server unless ``--dsn`` names one); see
+:mod:`keyed_dispatch._demo_distributed`. It needs the ``postgres-embedded``
+extra, so the default run leaves it out (``--mode distributed`` also runs
+it; ``--mode distributed-unsafe`` runs the control: the same processes
+and shared world, without ordering).
+
 Then it prints one row per mode (see :class:`ModeResult`). Modes live in a
 registry (:data:`MODES`, :func:`register_mode`): a mode is a function
 ``(burst, options, progress) -> ModeResult``, and :class:`Harness` gives it
@@ -18,6 +27,7 @@ the world, the firing threads and the audit, so another mode is one function.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -25,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal
 from typing import IO, Any, TypeVar
 
@@ -39,6 +49,7 @@ from ._keys import WebhookKey, webhook_key
 
 __all__ = [
     "MODES",
+    "POSTGRES_MODES",
     "Burst",
     "DemoOptions",
     "Harness",
@@ -73,6 +84,9 @@ class DemoOptions:
         seed: seeds the burst and the latency jitter.
         lock_timeout: the ``locks`` mode's acquisition timeout, seconds.
         db: the SQLite database: ``:memory:`` or a file path.
+        submitters: the distributed modes' submitter processes.
+        workers: the distributed modes' worker processes.
+        dsn: the distributed modes' PostgreSQL; None starts an embedded one.
     """
 
     webhooks: int = 240
@@ -85,10 +99,15 @@ class DemoOptions:
     seed: int = 1
     lock_timeout: float = 30.0
     db: str = ":memory:"
+    submitters: int = 2
+    workers: int = 2
+    dsn: str | None = None
 
     def __post_init__(self) -> None:
         if self.webhooks < 1 or self.keys < 1 or self.threads < 1 or self.orders < 0:
             raise ValueError("webhooks, keys and threads must be >= 1, orders >= 0")
+        if self.submitters < 1 or self.workers < 1:
+            raise ValueError("submitters and workers must be >= 1")
         if self.keys > 2 * len(SYMBOLS):
             raise ValueError(f"at most {2 * len(SYMBOLS)} keys")
         if self.latency_ms < 0 or not 0 <= self.multi <= 1 or not 0 <= self.jitter < 1:
@@ -344,12 +363,23 @@ ModeRunner = Callable[[Burst, DemoOptions, Progress], ModeResult]
 
 MODES: dict[str, ModeRunner] = {}
 
+#: Modes that need PostgreSQL: left out of a run unless named with
+#: ``--mode`` (or ``--distributed``), and given ``options.dsn``.
+POSTGRES_MODES: set[str] = set()
 
-def register_mode(name: str, runner: ModeRunner) -> None:
-    """Add a mode; the table shows modes in registration order."""
+
+def register_mode(name: str, runner: ModeRunner, *, postgres: bool = False) -> None:
+    """Add a mode; the table shows modes in registration order.
+
+    A ``postgres`` mode is listed (``--mode`` accepts it) but runs only when
+    asked for, so the default demo needs no database. ``main`` starts one
+    embedded server for all of them unless ``--dsn`` names a database.
+    """
     if name in MODES:
         raise ValueError(f"mode {name!r} is already registered")
     MODES[name] = runner
+    if postgres:
+        POSTGRES_MODES.add(name)
 
 
 def run_mode(name: str, burst: Burst, options: DemoOptions, progress: Progress | None = None) -> ModeResult:
@@ -397,9 +427,26 @@ def _run_keyed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeRe
     return harness.result("keyed")
 
 
+def _run_distributed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
+    from ._demo_distributed import run_distributed  # noqa: PLC0415  # psycopg only when asked for
+
+    return run_distributed(burst, options, progress)
+
+
+def _run_distributed_unsafe(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
+    from ._demo_distributed import run_distributed  # noqa: PLC0415  # idem
+
+    return run_distributed(burst, options, progress, ordered=False, mode="distributed-unsafe")
+
+
 register_mode("unsafe", _run_unsafe)
 register_mode("locks", _run_locks)
 register_mode("keyed", _run_keyed)
+register_mode("distributed-unsafe", _run_distributed_unsafe, postgres=True)
+register_mode("distributed", _run_distributed, postgres=True)
+
+#: The modes whose rows must be clean; ``main`` exits 1 otherwise.
+CHECKED_MODES = ("keyed", "distributed")
 
 
 # -- output -----------------------------------------------------------------
@@ -432,12 +479,14 @@ def format_table(results: Sequence[ModeResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; exit 1 if the ``keyed`` mode shows any error."""
+    """Run the demo; exit 1 if the ``keyed`` or ``distributed`` mode shows any error."""
     defaults = DemoOptions()
     parser = argparse.ArgumentParser(
         prog="python -m keyed_dispatch demo",
         description="Reproduce the seed's webhook race (unsafe), the lock-per-key baseline (locks) "
-        "and KeyedDispatcher (keyed) on one burst; print one row per mode.",
+        "and KeyedDispatcher (keyed) on one burst; print one row per mode. --distributed adds the "
+        "same burst across processes through PostgreSQL (distributed; needs the postgres-embedded "
+        "extra or --dsn).",
     )
     parser.add_argument("--webhooks", type=int, default=defaults.webhooks, help="webhooks in the burst")
     parser.add_argument("--keys", type=int, default=defaults.keys, help="(strategy, symbol) keys")
@@ -447,6 +496,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--multi", type=float, default=defaults.multi, help="share of 2-symbol webhooks")
     parser.add_argument(
         "--mode", action="append", choices=list(MODES), help="run only this mode (repeatable)"
+    )
+    parser.add_argument(
+        "--distributed",
+        action="store_true",
+        help="also run the burst across processes through PostgreSQL (the distributed row)",
+    )
+    parser.add_argument(
+        "--submitters", type=int, default=defaults.submitters, help="distributed: submitter processes"
+    )
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="distributed: worker processes")
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="distributed: a PostgreSQL DSN to use (default: start an embedded server)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--db", default=defaults.db, help="SQLite database file (default: in memory)")
@@ -462,19 +525,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             multi=args.multi,
             seed=args.seed,
             db=args.db,
+            submitters=args.submitters,
+            workers=args.workers,
+            dsn=args.dsn,
         )
     except ValueError as exc:
         parser.error(str(exc))
     burst = make_burst(options)
     progress = Progress(sys.stderr)
-    results = [run_mode(name, burst, options, progress) for name in (args.mode or MODES)]
+    names = list(args.mode or [name for name in MODES if name not in POSTGRES_MODES])
+    if args.distributed and "distributed" not in names:
+        names.append("distributed")
+    with contextlib.ExitStack() as stack:
+        if options.dsn is None and POSTGRES_MODES.intersection(names):
+            try:
+                from .postgres import EmbeddedPostgres  # noqa: PLC0415  # optional dependency
+
+                server = stack.enter_context(EmbeddedPostgres())
+            except ImportError as exc:
+                print(f"python -m keyed_dispatch demo: {exc}", file=sys.stderr)
+                return 2
+            options = replace(options, dsn=server.dsn)
+        results = [run_mode(name, burst, options, progress) for name in names]
     if args.json:
-        print(json.dumps({"options": asdict(options), "results": [asdict(r) for r in results]}, indent=2))
+        shown = {
+            name: value for name, value in asdict(options).items() if name != "dsn"
+        }  # may hold a password
+        print(json.dumps({"options": shown, "results": [asdict(r) for r in results]}, indent=2))
     else:
         print(
             f"{options.webhooks} webhooks on {options.keys} keys, {options.threads} request threads, "
             f"{options.latency_ms:g} ms per exchange call, seed {options.seed}"
         )
+        if POSTGRES_MODES.intersection(names):
+            print(
+                f"distributed: {options.submitters} submitter and {options.workers} worker processes "
+                "through PostgreSQL, exchange and orders shared in the database"
+            )
         print(format_table(results))
-    keyed = [r for r in results if r.mode == "keyed"]
-    return 1 if any(r.errors for r in keyed) else 0
+    checked = [r for r in results if r.mode in CHECKED_MODES]
+    return 1 if any(r.errors for r in checked) else 0

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol
 
 from ._demo_exchange import FakeExchange
-from ._demo_store import OrderRow, OrderStore
+from ._demo_store import OrderRow
 from ._keys import WebhookKey, webhook_key
 
 __all__ = [
     "Audit",
     "InvalidWebhookError",
     "LimitOrder",
+    "OrderTable",
     "ProcessingLog",
     "Webhook",
     "WebhookHandler",
@@ -188,9 +189,9 @@ class ProcessingLog:
     _running: dict[WebhookKey, int] = field(default_factory=dict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def begin(self, webhook: Webhook) -> None:
-        """Record that ``webhook``'s handling begins now."""
-        now = time.monotonic()
+    def begin(self, webhook: Webhook, *, at: float | None = None) -> None:
+        """Record that ``webhook``'s handling begins now (or ``at``, when replaying a record)."""
+        now = time.monotonic() if at is None else at
         with self._lock:
             for key in webhook.keys:
                 self.started.setdefault(key, []).append(webhook.seq)
@@ -200,9 +201,9 @@ class ProcessingLog:
                 self._running[key] = running + 1
             self.times[webhook.name] = _Entry(webhook, now)
 
-    def end(self, webhook: Webhook) -> None:
-        """Record that ``webhook``'s handling ended now (returned or raised)."""
-        now = time.monotonic()
+    def end(self, webhook: Webhook, *, at: float | None = None) -> None:
+        """Record that ``webhook``'s handling ended now (returned or raised), or ``at``."""
+        now = time.monotonic() if at is None else at
         with self._lock:
             for key in webhook.keys:
                 self._running[key] -= 1
@@ -221,6 +222,23 @@ class ProcessingLog:
         return len(late)
 
 
+class OrderTable(Protocol):
+    """The orders table as the handler and the audit use it.
+
+    :class:`~keyed_dispatch._demo_store.OrderStore` (SQLite, one process) is
+    one; the distributed demo's table in PostgreSQL is another.
+    """
+
+    def insert_open(self, rows: Iterable[OrderRow]) -> None:
+        """Insert orders as open, all in one transaction."""
+
+    def mark_cancelled(self, strategy_id: Hashable, symbol: str) -> int:
+        """Mark every open row of one key cancelled; return how many changed."""
+
+    def open_orders(self, strategy_id: Hashable, symbol: str) -> list[OrderRow]:
+        """The rows of one key that the table says are open."""
+
+
 class WebhookHandler:
     """The seed's webhook handler, with no coordination of its own.
 
@@ -235,7 +253,7 @@ class WebhookHandler:
         log: records processing order and times; a new one by default.
     """
 
-    def __init__(self, exchange: FakeExchange, store: OrderStore, log: ProcessingLog | None = None) -> None:
+    def __init__(self, exchange: FakeExchange, store: OrderTable, log: ProcessingLog | None = None) -> None:
         self.exchange = exchange
         self.store = store
         self.log = log if log is not None else ProcessingLog()
@@ -305,7 +323,7 @@ class Audit:
     stale: tuple[WebhookKey, ...]
 
 
-def audit(exchange: FakeExchange, store: OrderStore, webhooks: Iterable[Webhook]) -> Audit:
+def audit(exchange: FakeExchange, store: OrderTable, webhooks: Iterable[Webhook]) -> Audit:
     """Compare the exchange with the database, and with the last webhook per key.
 
     The last webhook of a key is the one with the highest ``seq`` among

@@ -1,6 +1,7 @@
 """A burst of webhooks through the PostgreSQL dispatcher, checked for order.
 
-Used by the demo's ``distributed`` row, the benchmark and the tests: several
+Used by the benchmark and the tests (the demo's ``distributed`` row runs the
+demo's own burst instead: ``keyed_dispatch._demo_distributed``): several
 submitter processes and several worker processes share one queue; each job
 records its start and end in the database (a global sequence), and
 :func:`check_events` verifies order, exclusion and that nothing was lost.
@@ -290,7 +291,7 @@ def run_distributed_burst(
 ) -> BurstReport:
     """Submit ``webhooks`` from ``submitters`` processes to ``workers`` worker processes.
 
-    The demo's ``distributed`` row. Starts an embedded PostgreSQL server when
+    Starts an embedded PostgreSQL server when
     ``dsn`` is None, uses a fresh schema, and checks every job's events with
     :func:`check_events`.
     """
