@@ -32,7 +32,7 @@ _DEBUG = logging.DEBUG
 _monotonic = time.monotonic
 
 
-class _NoRoom(Exception):
+class _NoRoomError(Exception):
     """Internal: ``_submit`` was told not to wait for room, or to abort."""
 
 
@@ -220,8 +220,8 @@ class KeyedDispatcher:
         wait: bool = True,
         abort: threading.Event | None = None,
     ) -> KeyedFuture[_T]:
-        # ``wait=False``: raise _NoRoom instead of waiting for room.
-        # ``abort``: once set, raise _NoRoom instead of admitting (checked
+        # ``wait=False``: raise _NoRoomError instead of waiting for room.
+        # ``abort``: once set, raise _NoRoomError instead of admitting (checked
         # under the lock, before admission and after each wait).
         future: KeyedFuture[_T] = KeyedFuture()
         job = Job(keys, fn, args, kwargs, future)
@@ -241,10 +241,10 @@ class KeyedDispatcher:
                 and nshards + engine.new_shards(keys) > config.max_shards
             ):
                 if not wait:
-                    raise _NoRoom
+                    raise _NoRoomError
                 self._wait_for_room_locked(keys, abort)
             elif abort is not None and abort.is_set():
-                raise _NoRoom
+                raise _NoRoomError
             now = _monotonic()
             engine.admit(job, now)
             if fn is not None and config.start_timeout is not None:
@@ -268,7 +268,7 @@ class KeyedDispatcher:
         deadline = _monotonic() + config.submit_timeout
         while True:
             if abort is not None and abort.is_set():
-                raise _NoRoom
+                raise _NoRoomError
             pending_full = config.max_pending is not None and engine.pending >= config.max_pending
             shards_full = len(engine.shards) + engine.new_shards(keys) > config.max_shards
             if not (pending_full or shards_full):
@@ -349,7 +349,7 @@ class KeyedDispatcher:
         loop = asyncio.get_running_loop()
         try:
             future = self._submit(keys, fn, args, kwargs, wait=False)
-        except _NoRoom:
+        except _NoRoomError:
             future = await self._submit_in_thread(loop, keys, fn, args, kwargs)
         return asyncio.wrap_future(future, loop=loop)
 
