@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -15,13 +14,18 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import DispatcherConfig
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
 from ._stats import DispatcherStats
+
+if TYPE_CHECKING:
+    # Imported by the async methods themselves: a thread-only program does
+    # not pay for importing asyncio (about 80 ms).
+    import asyncio
 
 __all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture"]
 
@@ -346,6 +350,8 @@ class KeyedDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> asyncio.Future[_T]:
+        import asyncio  # noqa: PLC0415 - already loaded: the caller is a coroutine
+
         loop = asyncio.get_running_loop()
         try:
             future = self._submit(keys, fn, args, kwargs, wait=False)
@@ -365,6 +371,8 @@ class KeyedDispatcher:
         # cancelled, ``abort`` stops that wait (or the admission, if it has
         # not happened yet); ``guard`` decides who cancels a job that was
         # admitted just before the abort: whoever comes second.
+        import asyncio  # noqa: PLC0415 - already loaded: the caller is a coroutine
+
         abort = threading.Event()
         guard = threading.Lock()
         admitted: list[KeyedFuture[_T]] = []

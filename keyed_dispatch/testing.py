@@ -49,6 +49,10 @@ class _AsyncDispatcher(Protocol):
     ) -> Awaitable[Any]: ...
 
 
+async def _async_noop() -> None:
+    return None
+
+
 @dataclass
 class RecordedJob:
     """One job as the recorder saw it. Event stamps are a global sequence."""
@@ -174,12 +178,16 @@ class OrderRecorder:
         must be a coroutine function, and None wraps an async no-op) or a
         ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). ``fn``
         may also be a wrapper that :meth:`wrap` returned, submitted as is
-        (keep it to call :meth:`expect` on). The
-        submit and the record happen under an ``asyncio.Lock`` of this
-        recorder, so the recorded order is the true admission order even
-        when several tasks submit and admission has to wait (the lock is
-        never held across anything but the submit, and never blocks the
-        loop).
+        (keep it to call :meth:`expect` on). The submit and the record
+        happen under an ``asyncio.Lock`` of this recorder, so the recorded
+        order is the true admission order even when several tasks submit
+        and admission has to wait (the lock is held across the submit only,
+        and never blocks the loop).
+
+        asyncio can cancel a running job: its future is then cancelled, yet
+        the job ran (once). Declare such a job with ``expect(wrapped,
+        ran=True)``; a future cancelled before its job started means
+        ``ran=False`` (what :meth:`expect_from_future` assumes).
 
         Returns:
             The future the dispatcher returned. If the submit raises, the
@@ -217,16 +225,12 @@ class OrderRecorder:
 
         A cancelled future, or one that failed with StartTimeout or
         KeyHalted, means the job must not have run; any other outcome
-        means it ran exactly once. Exception: asyncio can cancel a running
-        job (its future is then cancelled too), so a cancelled job that had
-        already started when this is called must have run exactly once;
-        call this right after cancelling.
+        means it ran exactly once.
         """
         from ._errors import KeyHalted, StartTimeout
 
         if future.cancelled():
-            record: RecordedJob = wrapped.recorded  # type: ignore[attr-defined]
-            self.expect(wrapped, ran=bool(record.starts))
+            self.expect(wrapped, ran=False)
             return
         error = future.exception()
         self.expect(wrapped, ran=not isinstance(error, (StartTimeout, KeyHalted)))
@@ -282,10 +286,6 @@ class OrderRecorder:
 
 
 def _noop() -> None:
-    return None
-
-
-async def _async_noop() -> None:
     return None
 
 
