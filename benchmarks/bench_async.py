@@ -76,7 +76,8 @@ async def _one(workload: Workload, system: str) -> tuple[float, float]:
     """
     job = _job_for(workload.job_sleep)
     per_task = workload.jobs
-    ad = AsyncKeyedDispatcher(max_concurrency=workload.tasks, max_shards=max(workload.keys, 1))
+    # Default max_shards (1000): room for every key, as the lock map has.
+    ad = AsyncKeyedDispatcher(max_concurrency=workload.tasks)
     locks: defaultdict[Hashable, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def bare(key: int) -> None:

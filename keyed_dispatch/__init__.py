@@ -6,7 +6,8 @@ submitted; jobs with different keys run concurrently on a thread pool.
 
 from __future__ import annotations
 
-from ._asyncio import AsyncKeyedDispatcher
+from typing import TYPE_CHECKING
+
 from ._commits import CommitTracker
 from ._config import DispatcherConfig
 from ._dispatcher import KeyedDispatcher, KeyedFuture, KeyExecutor
@@ -42,3 +43,21 @@ __all__ = [
     "WebhookKey",
     "webhook_key",
 ]
+
+
+if TYPE_CHECKING:
+    from ._asyncio import AsyncKeyedDispatcher
+else:
+
+    def __getattr__(name: str) -> object:
+        # AsyncKeyedDispatcher is imported on first use: it imports asyncio
+        # (about 80 ms), which a thread-only program need not pay for.
+        if name == "AsyncKeyedDispatcher":
+            from ._asyncio import AsyncKeyedDispatcher  # noqa: PLC0415 - deferred on purpose
+
+            globals()[name] = AsyncKeyedDispatcher
+            return AsyncKeyedDispatcher
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__} - {"TYPE_CHECKING"})

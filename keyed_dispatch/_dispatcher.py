@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
@@ -15,13 +14,18 @@ from concurrent.futures import CancelledError, Executor, Future, InvalidStateErr
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import DispatcherConfig
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
 from ._stats import DispatcherStats
+
+if TYPE_CHECKING:
+    # Imported by the async methods themselves: a thread-only program does
+    # not pay for importing asyncio (about 80 ms).
+    import asyncio
 
 __all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture"]
 
@@ -32,7 +36,7 @@ _DEBUG = logging.DEBUG
 _monotonic = time.monotonic
 
 
-class _NoRoom(Exception):
+class _NoRoomError(Exception):
     """Internal: ``_submit`` was told not to wait for room, or to abort."""
 
 
@@ -234,8 +238,8 @@ class KeyedDispatcher:
         wait: bool = True,
         abort: threading.Event | None = None,
     ) -> KeyedFuture[_T]:
-        # ``wait=False``: raise _NoRoom instead of waiting for room.
-        # ``abort``: once set, raise _NoRoom instead of admitting (checked
+        # ``wait=False``: raise _NoRoomError instead of waiting for room.
+        # ``abort``: once set, raise _NoRoomError instead of admitting (checked
         # under the lock, before admission and after each wait).
         future: KeyedFuture[_T] = KeyedFuture()
         job = Job(keys, fn, args, kwargs, future)
@@ -255,10 +259,10 @@ class KeyedDispatcher:
                 and nshards + engine.new_shards(keys) > config.max_shards
             ):
                 if not wait:
-                    raise _NoRoom
+                    raise _NoRoomError
                 self._wait_for_room_locked(keys, abort)
             elif abort is not None and abort.is_set():
-                raise _NoRoom
+                raise _NoRoomError
             now = _monotonic()
             idle = self._idle
             if idle and fn is not None and not engine.ready:
@@ -292,7 +296,7 @@ class KeyedDispatcher:
         deadline = _monotonic() + config.submit_timeout
         while True:
             if abort is not None and abort.is_set():
-                raise _NoRoom
+                raise _NoRoomError
             pending_full = config.max_pending is not None and engine.pending >= config.max_pending
             shards_full = len(engine.shards) + engine.new_shards(keys) > config.max_shards
             if not (pending_full or shards_full):
@@ -370,10 +374,12 @@ class KeyedDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> asyncio.Future[_T]:
+        import asyncio  # noqa: PLC0415 - already loaded: the caller is a coroutine
+
         loop = asyncio.get_running_loop()
         try:
             future = self._submit(keys, fn, args, kwargs, wait=False)
-        except _NoRoom:
+        except _NoRoomError:
             future = await self._submit_in_thread(loop, keys, fn, args, kwargs)
         return asyncio.wrap_future(future, loop=loop)
 
@@ -389,6 +395,8 @@ class KeyedDispatcher:
         # cancelled, ``abort`` stops that wait (or the admission, if it has
         # not happened yet); ``guard`` decides who cancels a job that was
         # admitted just before the abort: whoever comes second.
+        import asyncio  # noqa: PLC0415 - already loaded: the caller is a coroutine
+
         abort = threading.Event()
         guard = threading.Lock()
         admitted: list[KeyedFuture[_T]] = []

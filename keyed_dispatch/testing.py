@@ -192,12 +192,16 @@ class OrderRecorder:
         must be a coroutine function, and None wraps an async no-op) or a
         ``KeyedDispatcher`` (its ``submit_multi_async`` is awaited). ``fn``
         may also be a wrapper that :meth:`wrap` returned, submitted as is
-        (keep it to call :meth:`expect` on). The
-        submit and the record happen under an ``asyncio.Lock`` of this
-        recorder, so the recorded order is the true admission order even
-        when several tasks submit and admission has to wait (the lock is
-        never held across anything but the submit, and never blocks the
-        loop).
+        (keep it to call :meth:`expect` on). The submit and the record
+        happen under an ``asyncio.Lock`` of this recorder, so the recorded
+        order is the true admission order even when several tasks submit
+        and admission has to wait (the lock is held across the submit only,
+        and never blocks the loop).
+
+        asyncio can cancel a running job: its future is then cancelled, yet
+        the job ran (once). Declare such a job with ``expect(wrapped,
+        ran=True)``; a future cancelled before its job started means
+        ``ran=False`` (what :meth:`expect_from_future` assumes).
 
         Returns:
             The future the dispatcher returned. If the submit raises, the
@@ -237,9 +241,9 @@ class OrderRecorder:
         A cancelled future, or one that failed with StartTimeout or
         KeyHalted, means the job must not have run; any other outcome
         means it ran exactly once. Exception: asyncio can cancel a running
-        job (its future is then cancelled too), so a cancelled job that had
-        already started when this is called must have run exactly once;
-        call this right after cancelling.
+        job (its future is then cancelled too), so a cancelled asyncio
+        future whose job had already started when this is called means it
+        ran exactly once; call this right after cancelling.
         """
         record: RecordedJob = wrapped.recorded  # type: ignore[attr-defined]
         self.expect(wrapped, ran=_ran_by_outcome(future, record))

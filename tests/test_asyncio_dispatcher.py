@@ -928,3 +928,138 @@ def test_an_unused_dispatcher_closes_cleanly() -> None:
         assert ad.stats().closed
 
     run(body)
+
+
+# -- 15. edges ------------------------------------------------------------------------------
+
+
+def test_a_waiter_cancelled_in_the_step_that_grants_it_never_runs() -> None:
+    async def body() -> None:
+        ran = asyncio.Event()
+        release = asyncio.Event()
+        waiters: list[asyncio.Task[Any]] = []
+
+        async def must_not_run() -> None:
+            ran.set()
+
+        async def cancel_the_waiters_then_end() -> None:
+            await release.wait()
+            # The waiters' cancellation is still pending (their tasks have
+            # not resumed) when this job's end grants them the key.
+            for waiter in waiters:
+                waiter.cancel()
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            holder = asyncio.create_task(ad.run("k", cancel_the_waiters_then_end))
+            waiters.append(asyncio.create_task(ad.run("k", must_not_run)))
+            waiters.append(asyncio.create_task(ad.exclusive(["k"]).__aenter__()))
+            await until(lambda: ad.stats().pending == 2, "two callers to queue")
+            release.set()
+            await within(holder)
+            stats = ad.stats()
+            assert (stats.cancelled, stats.pending, stats.running) == (2, 0, 0)
+            for waiter in waiters:
+                with pytest.raises(asyncio.CancelledError):
+                    await waiter
+        assert not ran.is_set()
+
+    run(body)
+
+
+def test_a_cancelled_exclusive_wait_gives_the_place_up() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            await ad.submit("k", gate.job)
+            entering = asyncio.create_task(ad.exclusive(["k"], timeout=None).__aenter__())
+            await until(lambda: ad.stats().pending == 1, "the block to queue")
+            entering.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await entering
+            assert ad.stats().pending == 0
+            gate.release.set()
+            async with ad.exclusive(["k"]):  # first use may be a block, too
+                assert ad.stats().running == 1
+
+    run(body)
+    ad = AsyncKeyedDispatcher(2)
+
+    async def first_use_is_a_block() -> None:
+        async with ad.exclusive(["k"]):
+            assert ad.stats().running == 1
+
+    run(first_use_is_a_block)
+
+
+@pytest.mark.slow
+def test_start_deadlines_of_started_jobs_are_skipped_and_later_ones_still_fire() -> None:
+    async def body() -> None:
+        blocker, middle = Gate(), Gate()
+        # The middle job must start within start_timeout of its admission:
+        # a margin for a loaded machine.
+        async with AsyncKeyedDispatcher(8, start_timeout=0.2) as ad:
+            await ad.submit("k", blocker.job)
+            started_in_time = await ad.submit("k", middle.job, "middle")
+            blocker.release.set()
+            await within(middle.entered.wait())  # started before its deadline
+            late = await ad.submit("k", _append, [], "late")
+            with pytest.raises(StartTimeout):
+                await within(late)
+            middle.release.set()
+            assert await within(started_in_time) == "middle"
+            assert ad.stats().timed_out == 1
+
+    run(body)
+
+
+def test_a_job_task_cancelled_by_someone_else_cancels_its_future() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            future = await ad.submit("k", gate.job)
+            await within(gate.entered.wait())
+            (task,) = ad._tasks
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await within(future)
+            assert ad.stats().cancelled == 1
+
+    run(body)
+
+
+def test_submit_threadsafe_bad_input_and_closed_loop() -> None:
+    ad = AsyncKeyedDispatcher(2)
+
+    async def use() -> None:
+        await ad.run("k", _append, [], 0)  # binds the loop
+        not_callable: Any = 42
+        with pytest.raises(TypeError, match="callable"):
+            ad.submit_threadsafe("k", not_callable)
+        unhashable: Any = {}
+        with pytest.raises(TypeError, match="unhashable"):
+            ad.submit_threadsafe(unhashable, _append, [], 1)
+
+    run(use)
+    with pytest.raises(RuntimeError, match="closed"):
+        ad.submit_threadsafe("k", _append, [], 1)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks are 3.12+")
+def test_an_eager_task_factory_keeps_the_guarantees() -> None:
+    # With eager tasks, a job's first step runs inside create_task, that is
+    # inside the dispatcher's own bookkeeping; it must not re-enter it.
+    async def body() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        out: list[int] = []
+
+        async def immediate(i: int) -> int:
+            out.append(i)
+            return i
+
+        async with AsyncKeyedDispatcher(2) as ad:
+            futures = [await ad.submit(i % 3, immediate, i) for i in range(30)]
+            assert await within(asyncio.gather(*futures)) == list(range(30))
+        assert sorted(out) == list(range(30))
+        assert [i for i in out if i % 3 == 0] == list(range(0, 30, 3))
+
+    run(body)

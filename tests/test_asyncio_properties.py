@@ -113,7 +113,7 @@ def test_run_from_concurrent_tasks_keeps_the_guarantees(
 
 @pytest.mark.slow
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(specs=workloads(max_jobs=20), max_pending=st.sampled_from([None, 1, 3]))
+@given(specs=workloads(max_jobs=20, cancellations=False), max_pending=st.sampled_from([None, 1, 3]))
 def test_thread_dispatcher_submit_async_keeps_the_guarantees(
     specs: list[JobSpec], max_pending: int | None
 ) -> None:
@@ -134,10 +134,10 @@ def test_thread_dispatcher_submit_async_keeps_the_guarantees(
             submitted = []
             for spec in specs:
                 wrapped = rec.wrap(spec.keys, blocking_job(spec))
-                future = await rec.asubmit(d, spec.keys, wrapped)
-                if spec.cancel:
-                    future.cancel()
-                submitted.append((wrapped, future))
+                # No cancellations here: cancelling the asyncio wrapper of
+                # a thread job may come after the job started (that is
+                # tested deterministically in test_asyncio_thread_front).
+                submitted.append((wrapped, await rec.asubmit(d, spec.keys, wrapped)))
             await within(asyncio.gather(*(f for _, f in submitted), return_exceptions=True))
         for wrapped, future in submitted:
             rec.expect_from_future(wrapped, future)

@@ -188,7 +188,10 @@ def test_the_recorder_catches_an_overlap_of_coroutine_jobs() -> None:
     run(body)
 
 
-def test_expect_from_future_knows_asyncio_can_cancel_a_running_job() -> None:
+def test_a_job_cancelled_while_running_is_declared_as_run() -> None:
+    # asyncio can cancel a running job: its future is cancelled, yet the job
+    # ran once. expect_from_future tells the two apart by whether the job
+    # had started: a queued one must not have run, a running one ran once.
     async def body() -> None:
         rec = OrderRecorder()
         entered = asyncio.Event()
@@ -209,5 +212,11 @@ def test_expect_from_future_knows_asyncio_can_cancel_a_running_job() -> None:
             rec.expect_from_future(running_wrapped, running)
         rec.check()
         assert [job.expect_run for job in rec.jobs] == [True, False]
+        # The queued job was declared as not run: a record saying it ran
+        # is a violation.
+        rec.jobs[1].starts.append(10**9)
+        rec.jobs[1].ends.append(10**9 + 1)
+        with pytest.raises(AssertionError, match="ran but must not have"):
+            rec.check()
 
     run(body)
