@@ -33,11 +33,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from concurrent.futures import Future as ConcurrentFuture
 from contextvars import Context, copy_context
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._config import DispatcherConfig
+from ._config import DispatcherConfig, resolve_config
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
@@ -170,25 +169,17 @@ class AsyncKeyedDispatcher:
         halt_on_error: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
-        if config is None:
-            base = DispatcherConfig.from_env()
-            if max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
-                max_concurrency = DEFAULT_MAX_CONCURRENCY
-        else:
-            base = config
-        overrides: dict[str, Any] = {
-            field: value
-            for field, value in (
-                ("max_workers", max_concurrency),
-                ("max_shards", max_shards),
-                ("submit_timeout", submit_timeout),
-                ("start_timeout", start_timeout),
-                ("max_pending", max_pending),
-                ("wait_warning", wait_warning),
-            )
-            if value is not None
-        }
-        self.config = replace(base, **overrides) if overrides else base
+        if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
+            max_concurrency = DEFAULT_MAX_CONCURRENCY
+        self.config = resolve_config(
+            config,
+            max_workers=max_concurrency,
+            max_shards=max_shards,
+            submit_timeout=submit_timeout,
+            start_timeout=start_timeout,
+            max_pending=max_pending,
+            wait_warning=wait_warning,
+        )
         if not isinstance(halt_on_error, bool):
             raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
         config = self.config

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ._errors import ConfigError
 
-__all__ = ["DispatcherConfig"]
+__all__ = ["DispatcherConfig", "resolve_config"]
 
 _T = TypeVar("_T")
 
@@ -124,6 +124,20 @@ class DispatcherConfig:
         # A config with just this field changed runs __post_init__ on it alone,
         # so the error can name the one variable that caused it.
         replace(_DEFAULTS, **{name: value})
+
+
+def resolve_config(config: DispatcherConfig | None, **settings: Any) -> DispatcherConfig:
+    """``config`` (the environment's when None) with the non-None ``settings`` set.
+
+    The constructors of both dispatchers take their settings this way:
+    arguments left as None keep the base value.
+
+    Raises:
+        ConfigError, TypeError: as DispatcherConfig.
+    """
+    base = config if config is not None else DispatcherConfig.from_env()
+    overrides = {name: value for name, value in settings.items() if value is not None}
+    return replace(base, **overrides) if overrides else base
 
 
 def _parse_int(var: str, raw: str) -> int:

@@ -13,10 +13,9 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig
+from ._config import DispatcherConfig, resolve_config
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
@@ -130,20 +129,15 @@ class KeyedDispatcher:
         name: str = "keyed-dispatch",
         config: DispatcherConfig | None = None,
     ) -> None:
-        base = config if config is not None else DispatcherConfig.from_env()
-        overrides: dict[str, Any] = {
-            field: value
-            for field, value in (
-                ("max_workers", max_workers),
-                ("max_shards", max_shards),
-                ("submit_timeout", submit_timeout),
-                ("start_timeout", start_timeout),
-                ("max_pending", max_pending),
-                ("wait_warning", wait_warning),
-            )
-            if value is not None
-        }
-        self.config = replace(base, **overrides) if overrides else base
+        self.config = resolve_config(
+            config,
+            max_workers=max_workers,
+            max_shards=max_shards,
+            submit_timeout=submit_timeout,
+            start_timeout=start_timeout,
+            max_pending=max_pending,
+            wait_warning=wait_warning,
+        )
         if not isinstance(halt_on_error, bool):
             raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
         if not isinstance(name, str):
