@@ -36,7 +36,7 @@ from contextvars import Context, copy_context
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._config import DispatcherConfig, resolve_config
+from ._config import DispatcherConfig, check_timeout, resolve_config
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
@@ -807,11 +807,7 @@ class AsyncKeyedDispatcher:
             ValueError, TypeError: bad keys or timeout.
         """
         wanted = normalize_keys(keys)
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-            if math.isnan(timeout) or timeout < 0:
-                raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        check_timeout("timeout", timeout)
         return _Exclusive(self, wanted, timeout)
 
     async def _enter_block(self, keys: tuple[Hashable, ...], timeout: float | None) -> tuple[Job, Any]:

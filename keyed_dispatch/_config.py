@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from ._errors import ConfigError
 
-__all__ = ["DispatcherConfig", "resolve_config"]
+__all__ = ["DispatcherConfig", "check_timeout", "resolve_config"]
 
 _T = TypeVar("_T")
 
@@ -138,6 +138,21 @@ def resolve_config(config: DispatcherConfig | None, **settings: Any) -> Dispatch
     base = config if config is not None else DispatcherConfig.from_env()
     overrides = {name: value for name, value in settings.items() if value is not None}
     return replace(base, **overrides) if overrides else base
+
+
+def check_timeout(name: str, value: object) -> None:
+    """Validate a per-call timeout: None (no limit) or seconds >= 0.
+
+    Raises:
+        TypeError: not a number (bools are refused).
+        ValueError: negative or NaN.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0 or None, got {value}")
 
 
 def _parse_int(var: str, raw: str) -> int:

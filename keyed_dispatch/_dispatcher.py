@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig, resolve_config
+from ._config import DispatcherConfig, check_timeout, resolve_config
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
 from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
@@ -777,11 +777,7 @@ class KeyedDispatcher:
             ShardsExhausted, SubmitTimeout: as :meth:`submit`.
         """
         wanted = normalize_keys(keys)
-        if timeout is not None:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-                raise TypeError(f"timeout must be a number of seconds or None, got {type(timeout).__name__}")
-            if math.isnan(timeout) or timeout < 0:
-                raise ValueError(f"timeout must be >= 0 or None, got {timeout}")
+        check_timeout("timeout", timeout)
         held = self._held_keys()
         if held is not None:
             raise RuntimeError(
