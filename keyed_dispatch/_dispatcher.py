@@ -452,7 +452,8 @@ class KeyedDispatcher:
         while engine.ready:
             if not idle and self._nworkers >= self.config.max_workers:
                 break
-            job = self._take_locked()
+            # Taking a job makes no block runnable: the grant above holds.
+            job = engine.take(_monotonic())
             if job is None:
                 break
             if idle:
@@ -465,14 +466,6 @@ class KeyedDispatcher:
                     spawn = []
                 spawn.append(job)
         return spawn
-
-    def _take_locked(self) -> Job | None:
-        # Caller holds the lock. The next job a worker should run, after
-        # granting the runnable exclusive blocks.
-        engine = self._engine
-        if engine.ready_blocks:
-            self._grant_blocks_locked()
-        return engine.take(_monotonic())
 
     def _grant_blocks_locked(self) -> None:
         # Caller holds the lock. A runnable exclusive block holds its keys in
