@@ -135,19 +135,10 @@ class AsyncKeyedDispatcher(Runner):
 
     Args:
         max_concurrency: coroutine jobs running at once, at most.
-        max_shards: keys with pending or running work at most. A submit on a
-            new key waits for a shard to free, then raises ShardsExhausted.
-        submit_timeout: seconds a submit waits for room (shards,
-            ``max_pending``) before raising; ``math.inf`` waits for ever.
-        start_timeout: seconds after admission after which a job that has
-            not started fails with StartTimeout instead of running; it fails
-            on time even while an earlier job of its key still runs.
-        max_pending: admitted jobs not yet started, at most (backpressure).
-        wait_warning: a job that waited this long to start is logged at
-            WARNING; None disables.
-        halt_on_error: a job that raises halts its keys: their pending and
-            later jobs fail with KeyHalted until :meth:`resume`.
-        config: the base settings instead of the environment's.
+        max_shards, submit_timeout, start_timeout, max_pending, wait_warning,
+            halt_on_error, config: as for :class:`KeyedDispatcher`; a start
+            deadline fails its job on time even while an earlier job of its
+            key still runs.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
@@ -168,16 +159,8 @@ class AsyncKeyedDispatcher(Runner):
     ) -> None:
         if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
             max_concurrency = DEFAULT_MAX_CONCURRENCY
-        super().__init__(
-            config,
-            halt_on_error=halt_on_error,
-            max_workers=max_concurrency,
-            max_shards=max_shards,
-            submit_timeout=submit_timeout,
-            start_timeout=start_timeout,
-            max_pending=max_pending,
-            wait_warning=wait_warning,
-        )
+        settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
+        super().__init__(config, halt_on_error, *settings)
         config = self._config
         # Read on every job: kept as attributes (the config is frozen).
         self._max = config.max_workers
@@ -386,14 +369,7 @@ class AsyncKeyedDispatcher(Runner):
             # failed instead of starting (halted key) is already retired.
             if job.error is not None:
                 raise job.error
-            # self._await_turn(job, loop), inlined: one frame less per job.
-            waiter: asyncio.Future[None] = loop.create_future()
-            job.future = waiter
-            try:
-                await waiter
-            except CancelledError:
-                self._abandon(job, waiter)
-                raise
+            await self._await_turn(job, loop)
         elif job.error is not None:
             # Taken at once, on a halted key.
             self._active -= 1

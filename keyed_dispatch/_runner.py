@@ -13,7 +13,6 @@ import logging
 from collections import deque
 from collections.abc import Hashable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
 
 from ._config import DispatcherConfig, resolve_config
 from ._engine import QUEUED, Engine, Job
@@ -120,8 +119,28 @@ class Runner:
 
     _engine: Engine
 
-    def __init__(self, config: DispatcherConfig | None, *, halt_on_error: bool, **settings: Any) -> None:
-        self._config = resolve_config(config, **settings)
+    def __init__(  # noqa: PLR0917 - the settings come in their signature's order, from the subclasses only
+        self,
+        config: DispatcherConfig | None,
+        halt_on_error: bool,
+        max_workers: int | None,
+        max_shards: int | None,
+        submit_timeout: float | None,
+        start_timeout: float | None,
+        max_pending: int | None,
+        wait_warning: float | None,
+    ) -> None:
+        # The constructors' settings, in one place: arguments left as None
+        # keep the value of ``config`` (or of the environment).
+        self._config = resolve_config(
+            config,
+            max_workers=max_workers,
+            max_shards=max_shards,
+            submit_timeout=submit_timeout,
+            start_timeout=start_timeout,
+            max_pending=max_pending,
+            wait_warning=wait_warning,
+        )
         if not isinstance(halt_on_error, bool):
             raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
         self._halt_on_error = halt_on_error

@@ -143,13 +143,13 @@ class KeyedDispatcher(Runner):
     ) -> None:
         super().__init__(
             config,
-            halt_on_error=halt_on_error,
-            max_workers=max_workers,
-            max_shards=max_shards,
-            submit_timeout=submit_timeout,
-            start_timeout=start_timeout,
-            max_pending=max_pending,
-            wait_warning=wait_warning,
+            halt_on_error,
+            max_workers,
+            max_shards,
+            submit_timeout,
+            start_timeout,
+            max_pending,
+            wait_warning,
         )
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
