@@ -588,10 +588,16 @@ class AsyncKeyedDispatcher(Runner):
                     # shutting down): the future tells the same story.
                     _future_cancel(future)
                 self._finish(task, job, CANCELLED, None)
-            except GeneratorExit:
-                # The task is being destroyed with a loop that was never
-                # drained: nothing can run any more; let it go.
-                raise
+            except GeneratorExit as stop:
+                if _get_running_loop() is not self._loop:
+                    # The task is being destroyed with a loop that was never
+                    # drained: nothing can run any more; let it go.
+                    raise
+                # Raised by the job itself: a failure like any other, or
+                # its future never resolves and its key stays blocked.
+                if not future.done():
+                    future.set_exception(stop)
+                self._finish(task, job, FAILED, stop)
             except BaseException as exc:
                 if not future.done():
                     future.set_exception(exc)
