@@ -28,11 +28,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check keyed_dispatch tests examples benchmarks
 	$(BIN)/mypy
 
+# The suite lives in the checkout (benchmarks/), not in the package.
 bench: $(STAMP)
-	$(BIN)/python -m keyed_dispatch bench
+	$(BIN)/python -m benchmarks.suite
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m keyed_dispatch bench --quick
+	$(BIN)/python -m benchmarks.suite --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage

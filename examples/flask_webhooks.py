@@ -1,6 +1,6 @@
 """A strategy-webhook server on Flask, with per-key order from KeyedDispatcher.
 
-Every ``POST /webhook`` is handled by the seed's handler (CANCEL_ALL, then
+Every ``POST /webhook`` is handled by the demo's webhook handler (CANCEL_ALL, then
 LIMIT orders, kept in step with a SQLite order table), submitted to one
 dispatcher keyed by ``(strategy_id, symbol)``: webhooks for one key run one
 at a time in arrival order, other keys run in parallel, and a multi-symbol
@@ -9,7 +9,7 @@ waits for the result and answers with it.
 
 Run it (a fake exchange with 20 ms per call, an in-memory database)::
 
-    pip install 'keyed_dispatch[examples]'
+    pip install 'keyed_dispatch[examples]'     # from a checkout: pip install -e '.[examples]'
     python examples/flask_webhooks.py --port 8000
     curl -s localhost:8000/webhook -H 'Content-Type: application/json' -d '{"strategy_id": 1,
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
@@ -47,12 +47,17 @@ from keyed_dispatch import (
     webhook_key,
 )
 
-# The demo's fake exchange, SQLite order table and handler (private modules
-# of the package, shipped for the demo and these examples). A real service
-# has its own exchange client and database; only the dispatcher part stays.
-from keyed_dispatch._demo_exchange import ExchangeError, FakeExchange
-from keyed_dispatch._demo_store import OrderStore
-from keyed_dispatch._demo_webhooks import InvalidWebhookError, WebhookHandler, parse_webhook
+# The demo's fake exchange, SQLite order table and handler (keyed_dispatch.demo,
+# shipped for the demo and these examples). A real service has its own
+# exchange client and database; only the dispatcher part stays.
+from keyed_dispatch.demo import (
+    ExchangeError,
+    FakeExchange,
+    InvalidWebhookError,
+    OrderStore,
+    WebhookHandler,
+    parse_webhook,
+)
 
 RETRY_AFTER_SECONDS = 1
 

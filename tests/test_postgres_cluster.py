@@ -16,17 +16,17 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
-from keyed_dispatch.postgres._burst import (  # noqa: E402
+from keyed_dispatch.demo._recording import (  # noqa: E402
     check_events,
     create_events_table,
     read_events,
     run_distributed_burst,
 )
+from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-RECORD = "keyed_dispatch.postgres._burst:record_webhook"
+RECORD = "keyed_dispatch.demo._recording:record_webhook"
 # The repository root, so that workers import ``tests.pg_tasks``.
 ROOT = str(Path(__file__).parent.parent)
 
