@@ -327,7 +327,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
         mpl.use("Agg")
         import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
     except ImportError:
-        return "chart skipped: matplotlib is not installed (pip install 'keyed_dispatch[bench]')"
+        return "chart skipped: matplotlib is not installed (pip install -e '.[bench]')"
     rows: list[Row] = results["rows"]
     systems = [s for s in results["params"]["systems"] if any(r["system"] == s for r in rows)]
     colors = {
