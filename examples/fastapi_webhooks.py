@@ -18,6 +18,10 @@ Run it::
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
       {"type": "LIMIT", "side": "buy", "price": "100.5", "qty": "0.1"}]}'
     curl -s localhost:8000/stats
+
+With several processes (``uvicorn --app-dir examples --factory
+fastapi_webhooks:create_app --workers 2``), each has its own dispatcher, and
+a process cannot order another's jobs: see docs/operations.md.
 """
 
 from __future__ import annotations

@@ -25,8 +25,12 @@ shutting down; 504 when the webhook did not start within ``start_timeout``
 the key). The dispatcher reads ``KEYED_DISPATCH_*`` from the environment,
 e.g. ``KEYED_DISPATCH_SUBMIT_TIMEOUT=1 KEYED_DISPATCH_START_TIMEOUT=10``.
 
-With gunicorn, each worker process builds its own app and dispatcher; see
-the README's gunicorn note (``gunicorn 'flask_webhooks:create_app()'``).
+Under gunicorn (in the ``examples`` extra), from the repository root::
+
+    gunicorn --chdir examples -w 2 --threads 8 -b 127.0.0.1:8000 'flask_webhooks:create_app()'
+
+Each worker process builds its own app and dispatcher, and a process cannot
+order another's jobs: see the operations page of the docs (docs/operations.md).
 """
 
 from __future__ import annotations

@@ -705,7 +705,9 @@ class AsyncKeyedDispatcher(Runner):
             keys: the keys to hold (a collection, as for submit_multi).
             timeout: seconds to wait for the turn; None waits for ever.
 
-        Raises (on entering the block):
+        The errors below are raised on entering the block.
+
+        Raises:
             StartTimeout: the turn did not come within ``timeout``; the block
                 gave its place up and did not run.
             RuntimeError: the calling task already holds a key of this

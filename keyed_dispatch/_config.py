@@ -85,7 +85,7 @@ class DispatcherConfig:
         ``KEYED_DISPATCH_IDLE_TIMEOUT``     idle_timeout     60
         ==================================  ===============  ==================
 
-        The seed design's ``MAX_WEBHOOK_LOCKS`` and ``WEBHOOK_LOCK_TIMEOUT``
+        The lock-manager design's ``MAX_WEBHOOK_LOCKS`` and ``WEBHOOK_LOCK_TIMEOUT``
         are read when the matching ``KEYED_DISPATCH_*`` variable is unset, so
         an existing deployment keeps its settings. An empty variable counts
         as unset; ``none`` clears an optional value, ``inf`` lifts the submit

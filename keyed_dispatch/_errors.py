@@ -38,8 +38,8 @@ class SubmitTimeout(KeyedDispatchError, TimeoutError):
 class ShardsExhausted(SubmitTimeout):
     """A new key needed a shard and ``max_shards`` shards stayed live.
 
-    The seed design's "lock pool exhausted". Keys that already have a live
-    shard are never refused for this reason.
+    What the lock-manager design called "lock pool exhausted". Keys that
+    already have a live shard are never refused for this reason.
     """
 
 

@@ -1,4 +1,4 @@
-"""Key helpers: the seed's webhook key and the text used in log lines."""
+"""Key helpers: the webhook key and the text used in log lines."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ __all__ = ["KeysText", "WebhookKey", "check_hashable", "key_str", "normalize_key
 class WebhookKey(NamedTuple):
     """The key of one ``(strategy_id, symbol)`` webhook stream.
 
-    A tuple, so it hashes and compares by value; printed in the seed's lock
-    key format, ``strategy_1_symbol_BTC/USDT``.
+    A tuple, so it hashes and compares by value; printed in the lock-manager
+    design's key format, ``strategy_1_symbol_BTC/USDT``.
     """
 
     strategy_id: Hashable
@@ -26,8 +26,8 @@ def webhook_key(strategy_id: Hashable, symbol: Hashable) -> WebhookKey:
     """Return the dispatch key of a strategy/symbol pair.
 
     Equal inputs give equal keys, in every process; ``str()`` of the key is
-    ``strategy_{strategy_id}_symbol_{symbol}``, the format of the seed's lock
-    keys and of this package's log lines.
+    ``strategy_{strategy_id}_symbol_{symbol}``, the key format of the
+    lock-manager design and of this package's log lines.
 
     Raises:
         TypeError: if either part is unhashable.

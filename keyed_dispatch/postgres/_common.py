@@ -58,7 +58,7 @@ def key_text(key: Hashable) -> str:
 
     ``str`` keys are themselves; ``int`` keys their decimal text (so ``7``
     and ``"7"`` are the same key); a :class:`~keyed_dispatch.WebhookKey` is
-    ``strategy_{id}_symbol_{symbol}``, the seed's lock key; a tuple of those
+    ``strategy_{id}_symbol_{symbol}``, as it prints; a tuple of those
     is its JSON array text (``(1, "BTC/USDT")`` -> ``[1, "BTC/USDT"]``).
 
     Raises:

@@ -1,4 +1,4 @@
-"""The examples and the demo run as the README documents them (real subprocesses)."""
+"""The examples and the demo run as the docs describe them (real subprocesses)."""
 
 from __future__ import annotations
 
