@@ -133,12 +133,13 @@ class AsyncKeyedDispatcher(Runner):
     ``DEFAULT_MAX_CONCURRENCY`` (100) otherwise. ``idle_timeout`` does not
     apply (there are no worker threads).
 
+    ``max_shards``, ``submit_timeout``, ``start_timeout``, ``max_pending``,
+    ``wait_warning``, ``halt_on_error`` and ``config`` mean what they mean for
+    :class:`KeyedDispatcher`; a start deadline fails its job on time even
+    while an earlier job of its key still runs.
+
     Args:
         max_concurrency: coroutine jobs running at once, at most.
-        max_shards, submit_timeout, start_timeout, max_pending, wait_warning,
-            halt_on_error, config: as for :class:`KeyedDispatcher`; a start
-            deadline fails its job on time even while an earlier job of its
-            key still runs.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
