@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["DispatcherStats"]
+__all__ = ["DispatcherStats", "KeyInfo"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,10 @@ class DispatcherStats:
         halted_keys: keys halted now (``halt_on_error``).
         max_wait_s: the longest admission-to-start wait seen, in seconds.
         closed: shutdown has begun; no more admissions.
+        superseded: jobs retired unstarted because a later job superseded them.
+        retries: retries scheduled (attempts after a failed one).
+        in_backoff: jobs waiting now for a retry (they hold their keys).
+        paused_keys: keys paused now.
     """
 
     max_workers: int
@@ -46,7 +50,34 @@ class DispatcherStats:
     halted_keys: int
     max_wait_s: float
     closed: bool
+    superseded: int = 0
+    retries: int = 0
+    in_backoff: int = 0
+    paused_keys: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dict (for JSON endpoints and logs)."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """A snapshot of one key (``key_info``, ``keys``).
+
+    Attributes:
+        key: the key.
+        pending: its jobs not started yet (a job waiting for a retry excluded).
+        running: one of its jobs is running now.
+        oldest_wait_s: how long its oldest pending job has waited, in seconds.
+        halted: halted by a failed job (``halt_on_error``) until ``resume``.
+        paused: paused by ``pause`` until ``resume``.
+        in_backoff: its head job failed an attempt and waits for a retry.
+    """
+
+    key: Any
+    pending: int
+    running: bool
+    oldest_wait_s: float
+    halted: bool
+    paused: bool
+    in_backoff: bool
