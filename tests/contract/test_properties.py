@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from keyed_dispatch import KeyHalted, StartTimeout
 from keyed_dispatch.testing import OrderRecorder
+from tests.contract.test_stats import assert_consistent
 from tests.helpers import WAIT, checked_dispatcher
 from tests.strategies import TimedJob, max_workers, start_timeouts, timed_workloads
-from tests.test_stats import assert_consistent
 
 PROPERTY_SETTINGS = settings(
     max_examples=40,

@@ -22,8 +22,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from keyed_dispatch import StartTimeout
 from keyed_dispatch.testing import OrderRecorder, RecordedJob
+from tests.contract.test_stats import assert_consistent
 from tests.helpers import WAIT, close_and_check, new_dispatcher, wait_until
-from tests.test_stats import assert_consistent
 
 MAX_WORKERS = 3
 KEYS = st.sampled_from(["a", "b", "c", "d"])
