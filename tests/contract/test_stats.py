@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-import time
 
 import pytest
 
 from keyed_dispatch import DispatcherStats, StartTimeout
-from tests.helpers import WAIT, Gates, MakeDispatcher, settle, wait_until
+from tests.contract.conftest import MakeRunner
+from tests.helpers import WAIT, assert_consistent, settle, wait_until
 
 REQUIRED = {
     "max_workers",
@@ -27,18 +27,9 @@ REQUIRED = {
 }
 
 
-def assert_consistent(stats: DispatcherStats) -> None:
-    """The accounting identities that hold in every snapshot."""
-    finished = stats.completed + stats.failed + stats.cancelled + stats.timed_out
-    assert stats.pending + stats.running + finished == stats.submitted, stats
-    assert 0 <= stats.idle_workers <= stats.workers <= stats.max_workers, stats
-    assert stats.active_shards <= stats.max_shards, stats
-    assert stats.max_wait_s >= 0, stats
-
-
-def test_fields_and_frozen(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(3, max_shards=50)
-    stats = d.stats()
+def test_fields_and_frozen(make_runner: MakeRunner) -> None:
+    r = make_runner(3, max_shards=50)
+    stats = r.stats()
     assert {f.name for f in dataclasses.fields(stats)} >= REQUIRED
     with pytest.raises(dataclasses.FrozenInstanceError):
         stats.pending = 3  # type: ignore[misc]
@@ -47,28 +38,28 @@ def test_fields_and_frozen(make_dispatcher: MakeDispatcher) -> None:
     assert_consistent(stats)
 
 
-def test_snapshot_does_not_change_afterwards(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(2)
-    before = d.stats()
-    d.submit("k", lambda: None).result(timeout=WAIT)
+def test_snapshot_does_not_change_afterwards(make_runner: MakeRunner) -> None:
+    r = make_runner(2)
+    before = r.stats()
+    r.submit("k", lambda: None).result(timeout=WAIT)
     assert before.submitted == 0
-    assert d.stats().submitted == 1
+    assert r.stats().submitted == 1
 
 
-def test_every_outcome_is_counted(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(2, start_timeout=0.05)
-    gate = gates.new()
-    blocker = d.submit("k", gate.wait)
-    expired = d.submit("k", lambda: None)
+def test_every_outcome_is_counted(make_runner: MakeRunner) -> None:
+    r = make_runner(2, start_timeout=0.05)
+    gate = r.gate()
+    blocker = r.submit("k", r.job(gate))
+    expired = r.submit("k", lambda: None)
     assert isinstance(expired.exception(timeout=WAIT), StartTimeout)
-    gate.set()
+    gate.open()
     blocker.result(timeout=WAIT)
-    wait_until(lambda: d.stats().active_shards == 0, what="k to go idle")
+    wait_until(lambda: r.stats().active_shards == 0, what="k to go idle")
     # Free keys: each job is taken in its submit call, well before 0.05 s.
-    d.submit("a", lambda: None).result(timeout=WAIT)
-    assert isinstance(d.submit("b", lambda: 1 // 0).exception(timeout=WAIT), ZeroDivisionError)
-    settle(d)
-    stats = d.stats()
+    r.submit("a", lambda: None).result(timeout=WAIT)
+    assert isinstance(r.submit("b", lambda: 1 // 0).exception(timeout=WAIT), ZeroDivisionError)
+    settle(r)
+    stats = r.stats()
     assert (stats.completed, stats.failed, stats.timed_out, stats.cancelled, stats.submitted) == (
         2,
         1,
@@ -79,56 +70,89 @@ def test_every_outcome_is_counted(make_dispatcher: MakeDispatcher, gates: Gates)
     assert_consistent(stats)
 
 
-def test_live_counts_while_jobs_wait(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(2)
-    gate = gates.new()
-    futures = [d.submit("a", gate.wait), d.submit("a", gate.wait), d.submit_multi(["a", "b"], gate.wait)]
-    futures.append(d.submit("c", gate.wait))
-    wait_until(lambda: d.stats().running == 2, what="two jobs running")
-    stats = d.stats()
+def test_live_counts_while_jobs_wait(make_runner: MakeRunner) -> None:
+    r = make_runner(2)
+    gate = r.gate()
+    job = r.job(gate)
+    futures = [r.submit("a", job), r.submit("a", job), r.submit_multi(["a", "b"], job)]
+    futures.append(r.submit("c", job))
+    wait_until(lambda: r.stats().running == 2, what="two jobs running")
+    stats = r.stats()
     assert (stats.running, stats.pending, stats.active_shards, stats.workers) == (2, 2, 3, 2)
     assert_consistent(stats)
-    doomed = d.submit("c", gate.wait)
+    doomed = r.submit("c", job)
     assert doomed.cancel()
-    gate.set()
+    gate.open()
     for future in futures:
         future.result(timeout=WAIT)
-    wait_until(lambda: d.stats().running == 0, what="all jobs to finish")
-    stats = d.stats()
+    wait_until(lambda: r.stats().running == 0, what="all jobs to finish")
+    stats = r.stats()
     assert (stats.completed, stats.cancelled, stats.pending) == (4, 1, 0)
     assert_consistent(stats)
 
 
-def test_max_wait_covers_the_longest_wait(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(2)
-    admitted = gates.new()
+def test_every_counter_of_a_snapshot(make_runner: MakeRunner) -> None:
+    r = make_runner(4, max_shards=10)
+    gate_a, gate_b = r.gate(), r.gate()
+    r.submit("a", r.job(gate_a))
+    cancelled = r.submit("a", lambda: 1)
+    r.submit("b", r.job(gate_b))
+    assert cancelled.cancel()
+    assert gate_a.entered.wait(WAIT)
+    assert gate_b.entered.wait(WAIT)
+    snapshot = r.stats()
+    gate_a.open()
+    gate_b.open()
+    r.shutdown()
+    final = r.stats()
+    assert snapshot.as_dict() == {
+        "max_workers": 4,
+        "workers": 2,
+        "idle_workers": 0,
+        "active_shards": 2,
+        "max_shards": 10,
+        "pending": 0,
+        "running": 2,
+        "submitted": 3,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 1,
+        "timed_out": 0,
+        "halted_keys": 0,
+        "max_wait_s": snapshot.max_wait_s,
+        "closed": False,
+    }
+    assert (final.completed, final.running, final.active_shards, final.closed) == (2, 0, 0, True)
+    assert "closed" in repr(r)
 
-    def earlier_job() -> None:
-        admitted.wait(WAIT)
-        time.sleep(0.02)  # the job's own work
 
-    d.submit("k", earlier_job)
-    late = d.submit("k", lambda: None)
-    admitted.set()
+def test_max_wait_covers_the_longest_wait(make_runner: MakeRunner) -> None:
+    r = make_runner(2)
+    admitted = r.gate()
+    # The earlier job works 0.02 s once the late job is admitted.
+    r.submit("k", r.job(admitted, 0.02))
+    late = r.submit("k", lambda: None)
+    admitted.open()
     late.result(timeout=WAIT)
-    assert d.stats().max_wait_s >= 0.02
+    assert r.stats().max_wait_s >= 0.02
 
 
-def test_consistent_under_concurrent_load(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(4)
+@pytest.mark.slow
+def test_consistent_under_concurrent_load(make_runner: MakeRunner) -> None:
+    r = make_runner(4)
     stop = threading.Event()
     snapshots: list[DispatcherStats] = []
 
     def watch() -> None:
         while True:  # at least one snapshot, even if the load is over first
-            snapshots.append(d.stats())
+            snapshots.append(r.stats())
             if stop.is_set():
                 return
 
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        futures = [d.submit_multi([f"k{i % 7}", f"k{i % 3}"], lambda: None) for i in range(500)]
+        futures = [r.submit_multi([f"k{i % 7}", f"k{i % 3}"], lambda: None) for i in range(500)]
         for future in futures[::5]:
             future.cancel()
         for future in futures:
