@@ -40,7 +40,7 @@ import pytest
 
 from keyed_dispatch import AsyncKeyedDispatcher, DispatcherConfig, DispatcherStats, KeyedDispatcher
 from keyed_dispatch.testing import OrderRecorder
-from tests.helpers import WAIT, close_and_check, new_dispatcher, wait_until
+from tests.helpers import WAIT, close_and_check, new_dispatcher
 
 __all__ = [
     "RUNNERS",
@@ -162,14 +162,6 @@ class Runner(ABC):
         gate = self._new_gate()
         self._gates.append(gate)
         return gate
-
-    def settle(self) -> None:
-        """Wait until no job is pending or running.
-
-        A job's future is resolved a moment before the job retires, so a
-        test reads the counters only after this.
-        """
-        wait_until(lambda: (s := self.stats()).pending == s.running == 0, what="the dispatcher to settle")
 
     def close(self) -> None:
         """Open every gate, shut the dispatcher down and check that nothing of it is left."""
