@@ -7,7 +7,6 @@ settings.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,24 +19,22 @@ KEYS = ("a", "b", "c", "d", "e")
 
 @dataclass(frozen=True)
 class TimedJob:
-    """A generated job plus how long its body works (a sleep standing for
-    real work, so that jobs overlap, queue up and miss start deadlines)."""
+    """A generated job plus how long its body works (standing for real
+    work, so that jobs overlap, queue up and miss start deadlines)."""
 
     spec: JobSpec
     work: float
 
-    def body(self) -> Callable[[], str]:
-        """The job's function: work, then fail or return its keys as text."""
-        spec, work = self.spec, self.work
+    def steps(self) -> tuple[float, Callable[[], str]]:
+        """The job as steps for ``Runner.job``: work, then fail or return its keys as text."""
+        spec = self.spec
 
-        def run() -> str:
-            if work:
-                time.sleep(work)
+        def finish() -> str:
             if spec.fail:
                 raise ValueError(f"job on {spec.keys} failed on purpose")
             return "+".join(map(str, spec.keys))
 
-        return run
+        return self.work, finish
 
 
 def timed_jobs(*, failures: bool = True, cancellations: bool = True) -> st.SearchStrategy[TimedJob]:

@@ -1,4 +1,8 @@
-"""AsyncKeyedDispatcher: the core semantics on an event loop, point by point."""
+"""AsyncKeyedDispatcher: what is specific to the event loop, point by point.
+
+Inline jobs (``run``/``run_multi``), cancellation of running jobs and of
+waiting callers, loop and thread confinement, ``submit_threadsafe``,
+``aclose``. The semantics both runners share are in tests/contract."""
 
 from __future__ import annotations
 
@@ -12,13 +16,10 @@ import pytest
 
 from keyed_dispatch import (
     AsyncKeyedDispatcher,
-    ConfigError,
     DispatcherClosed,
     DispatcherConfig,
     KeyHalted,
-    ShardsExhausted,
     StartTimeout,
-    SubmitTimeout,
     webhook_key,
 )
 from tests.asyncio_support import Gate, run, until, within
@@ -31,30 +32,6 @@ async def _append(out: list[Any], item: Any) -> Any:
 
 
 # -- 1. order and exclusion ----------------------------------------------------
-
-
-def test_same_key_jobs_run_in_admission_order_one_at_a_time() -> None:
-    async def body() -> None:
-        out: list[int] = []
-        running = 0
-        overlap = False
-
-        async def job(i: int) -> int:
-            nonlocal running, overlap
-            running += 1
-            overlap |= running > 1
-            await asyncio.sleep(0)
-            out.append(i)
-            running -= 1
-            return i
-
-        async with AsyncKeyedDispatcher(8) as ad:
-            futures = [await ad.submit("k", job, i) for i in range(50)]
-            assert await within(asyncio.gather(*futures)) == list(range(50))
-        assert out == list(range(50))
-        assert not overlap
-
-    run(body)
 
 
 def test_run_jobs_of_one_key_from_many_tasks_start_in_admission_order() -> None:
@@ -76,64 +53,7 @@ def test_run_jobs_of_one_key_from_many_tasks_start_in_admission_order() -> None:
     run(body)
 
 
-def test_a_job_starts_only_after_the_previous_job_of_its_key_finished() -> None:
-    async def body() -> None:
-        gate = Gate()
-        second_started = asyncio.Event()
-
-        async def second() -> None:
-            second_started.set()
-
-        async with AsyncKeyedDispatcher(8) as ad:
-            first = await ad.submit("k", gate.job)
-            later = await ad.submit("k", second)
-            await within(gate.entered.wait())
-            assert ad.stats().pending == 1
-            assert not second_started.is_set()
-            gate.release.set()
-            await within(later)
-            assert first.done()
-
-    run(body)
-
-
 # -- 2. parallel across keys, work-conserving up to max_concurrency -----------
-
-
-def test_jobs_of_different_keys_run_concurrently() -> None:
-    async def body() -> None:
-        a, b = asyncio.Event(), asyncio.Event()
-
-        async def meet(mine: asyncio.Event, other: asyncio.Event) -> None:
-            mine.set()
-            await other.wait()  # deadlocks unless both run at once
-
-        async with AsyncKeyedDispatcher(2) as ad:
-            fa = await ad.submit("a", meet, a, b)
-            fb = await ad.submit("b", meet, b, a)
-            await within(asyncio.gather(fa, fb))
-
-    run(body)
-
-
-def test_max_concurrency_bounds_running_jobs_and_a_freed_slot_is_used_at_once() -> None:
-    async def body() -> None:
-        gates = [Gate() for _ in range(3)]
-        async with AsyncKeyedDispatcher(2) as ad:
-            futures = [await ad.submit(i, gate.job, i) for i, gate in enumerate(gates)]
-            await within(gates[0].entered.wait())
-            await within(gates[1].entered.wait())
-            stats = ad.stats()
-            assert (stats.workers, stats.running, stats.pending) == (2, 2, 1)
-            assert not gates[2].entered.is_set()
-            gates[1].release.set()
-            await within(gates[2].entered.wait())
-            assert ad.stats().workers == 2
-            gates[0].release.set()
-            gates[2].release.set()
-            assert await within(asyncio.gather(*futures)) == [0, 1, 2]
-
-    run(body)
 
 
 def test_max_concurrency_default_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,78 +72,14 @@ def test_max_concurrency_default_and_environment(monkeypatch: pytest.MonkeyPatch
 # -- 3. multi-key jobs ------------------------------------------------------------
 
 
-def test_multi_key_job_waits_for_every_key_and_holds_them_all() -> None:
-    async def body() -> None:
-        out: list[str] = []
-        ga, gb = Gate(), Gate()
-        async with AsyncKeyedDispatcher(8) as ad:
-            await ad.submit("a", ga.job)
-            await ad.submit("b", gb.job)
-            both = await ad.submit_multi(["a", "b", "a"], _append, out, "ab")
-            after_a = await ad.submit("a", _append, out, "a")
-            await within(ga.entered.wait())
-            ga.release.set()
-            await within(ga.exited.wait())
-            assert ad.stats().pending == 2  # the multi-key job still waits for b
-            gb.release.set()
-            await within(asyncio.gather(both, after_a))
-        assert out == ["ab", "a"]
-
-    run(body)
-
-
-def test_overlapping_multi_key_jobs_in_any_key_order_do_not_deadlock() -> None:
+def test_run_multi_from_many_tasks_in_any_key_order_does_not_deadlock() -> None:
     async def body() -> None:
         out: list[int] = []
         orders = [("a", "b"), ("b", "a"), ("b", "c"), ("c", "a"), ("a", "b", "c"), ("c", "b")]
         async with AsyncKeyedDispatcher(3) as ad:
-            futures = [await ad.submit_multi(keys, _append, out, i) for i, keys in enumerate(orders * 5)]
-            await within(asyncio.gather(*futures))
-            runs = [await ad.run_multi(keys, _append, out, -i) for i, keys in enumerate(orders)]
-        assert sorted(out[:30]) == list(range(30))
-        assert runs == [0, -1, -2, -3, -4, -5]
-
-    run(body)
-
-
-# -- 4. bounded shards ---------------------------------------------------------------
-
-
-def test_a_new_key_waits_for_a_shard_and_a_live_key_is_never_blocked() -> None:
-    async def body() -> None:
-        gate = Gate()
-        async with AsyncKeyedDispatcher(8, max_shards=1, submit_timeout=math.inf) as ad:
-            first = await ad.submit("a", gate.job, "a")
-            same_key = await ad.submit("a", _append, [], "a2")  # live key: admitted at once
-            other = asyncio.create_task(ad.submit("b", _append, [], "b"))
-            await until(lambda: ad._room_waiters != {}, "the submit on b to wait for room")
-            assert ad.stats().active_shards == 1
-            gate.release.set()
-            assert await within(first) == "a"
-            assert await within(same_key) == "a2"
-            assert await within(await within(other)) == "b"
-
-    run(body)
-
-
-def test_shards_exhausted_after_submit_timeout_logs_and_leaves_no_trace(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def body() -> None:
-        gate = Gate()
-        async with AsyncKeyedDispatcher(8, max_shards=2, submit_timeout=0) as ad:
-            await ad.submit_multi(["a", "b"], gate.job)
-            with caplog.at_level(logging.ERROR, logger="keyed_dispatch"):
-                with pytest.raises(ShardsExhausted):
-                    await ad.submit("c", _append, [], "c")
-                with pytest.raises(ShardsExhausted, match="never fit"):
-                    await ad.submit_multi(["x", "y", "z"], _append, [], "xyz")
-            stats = ad.stats()
-            assert (stats.active_shards, stats.submitted, stats.pending) == (2, 1, 0)
-            gate.release.set()
-        messages = [r.getMessage() for r in caplog.records if r.name == "keyed_dispatch"]
-        assert messages == ["shard pool exhausted: 2 shards"]
-        assert isinstance(ShardsExhausted(), SubmitTimeout)
+            calls = [ad.run_multi(keys, _append, out, i) for i, keys in enumerate(orders * 5)]
+            assert await within(asyncio.gather(*calls)) == list(range(30))
+        assert sorted(out) == list(range(30))
 
     run(body)
 
@@ -255,28 +111,6 @@ def test_max_pending_makes_submit_await_room_without_blocking_the_loop() -> None
             tick_task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await tick_task
-
-    run(body)
-
-
-def test_submit_timeout_when_pending_stays_full_leaves_no_trace() -> None:
-    async def body() -> None:
-        gate = Gate()
-        async with AsyncKeyedDispatcher(8, max_pending=1, submit_timeout=0.05) as ad:
-            await ad.submit("k", gate.job)
-            await ad.submit("k", _append, [], 1)
-            before = ad.stats()
-            with pytest.raises(SubmitTimeout) as info:
-                await ad.submit("other", _append, [], 2)
-            assert not isinstance(info.value, ShardsExhausted)
-            after = ad.stats()
-            assert (after.pending, after.active_shards, after.submitted) == (
-                before.pending,
-                before.active_shards,
-                before.submitted,
-            )
-            assert ad._room_waiters == {}
-            gate.release.set()
 
     run(body)
 
@@ -314,7 +148,7 @@ def test_cancelling_the_task_awaiting_admission_leaves_no_trace() -> None:
 # -- 6. start deadline ------------------------------------------------------------------
 
 
-def test_start_timeout_fails_a_job_on_time_while_its_key_is_still_busy() -> None:
+def test_run_fails_with_start_timeout_on_time_while_its_key_is_still_busy() -> None:
     async def body() -> None:
         gate = Gate()
         ran = asyncio.Event()
@@ -326,58 +160,23 @@ def test_start_timeout_fails_a_job_on_time_while_its_key_is_still_busy() -> None
             loop = asyncio.get_running_loop()
             first = await ad.submit("k", gate.job, "first")
             admitted = loop.time()
-            late = await ad.submit("k", stale)
-            late_run = asyncio.create_task(ad.run("k", stale))
             with pytest.raises(StartTimeout):
-                await within(late)
+                await within(ad.run("k", stale))
             assert loop.time() - admitted >= 0.05
-            with pytest.raises(StartTimeout):
-                await within(late_run)
-            # Both failed while the first job still held the key.
+            # It failed while the first job still held the key.
             assert not first.done()
-            assert ad.stats().timed_out == 2
-            after = await ad.submit("k", _append, [], "after")
+            assert ad.stats().timed_out == 1
             gate.release.set()
             assert await within(first) == "first"
-            assert await within(after) == "after"
+            # A run() on a free key starts at once: it cannot time out.
+            assert await ad.run("k", _append, [], 9) == 9
+            assert ad.stats().timed_out == 1
         assert not ran.is_set()
 
     run(body)
 
 
-def test_a_job_started_in_time_is_not_timed_out() -> None:
-    async def body() -> None:
-        async with AsyncKeyedDispatcher(8, start_timeout=30) as ad:
-            futures = [await ad.submit("k", _append, [], i) for i in range(5)]
-            assert await within(asyncio.gather(*futures)) == list(range(5))
-            assert await ad.run("k", _append, [], 9) == 9
-            assert ad.stats().timed_out == 0
-
-    run(body)
-
-
 # -- 7. cancellation ----------------------------------------------------------------------
-
-
-def test_cancelling_a_queued_job_means_it_never_runs_and_the_key_moves_on() -> None:
-    async def body() -> None:
-        gate = Gate()
-        out: list[str] = []
-        async with AsyncKeyedDispatcher(8) as ad:
-            await ad.submit("k", gate.job)
-            doomed = await ad.submit("k", _append, out, "doomed")
-            # A multi-key job queued on k must not hold back its other key.
-            doomed_multi = await ad.submit_multi(["k", "j"], _append, out, "doomed-multi")
-            after_j = await ad.submit("j", _append, out, "j")
-            assert doomed.cancel()
-            assert doomed_multi.cancel()
-            assert await within(after_j) == "j"
-            gate.release.set()
-            assert await within(ad.run("k", _append, out, "k")) == "k"
-            assert ad.stats().cancelled == 2
-        assert out == ["j", "k"]
-
-    run(body)
 
 
 def test_cancelling_a_running_job_cancels_its_task_and_the_key_waits_for_the_unwinding() -> None:
@@ -485,26 +284,23 @@ def test_a_caller_cancelled_right_after_its_grant_gives_the_turn_back() -> None:
 # -- 8. errors, halt and resume ---------------------------------------------------------
 
 
-def test_a_failing_job_sets_its_exception_and_the_key_continues() -> None:
+def test_run_raises_the_jobs_exception_and_the_key_continues() -> None:
     async def body() -> None:
         async def boom() -> None:
             raise ValueError("boom")
 
         async with AsyncKeyedDispatcher(8) as ad:
-            failed = await ad.submit("k", boom)
-            after = await ad.submit("k", _append, [], "after")
-            with pytest.raises(ValueError, match="boom"):
-                await within(failed)
             with pytest.raises(ValueError, match="boom"):
                 await ad.run("k", boom)
-            assert await within(after) == "after"
-            assert ad.stats().failed == 2
+            assert await ad.run("k", _append, [], "after") == "after"
+            stats = ad.stats()
+            assert (stats.failed, stats.completed) == (1, 1)
 
     # run() checks that no "exception was never retrieved" was reported.
     run(body)
 
 
-def test_halt_on_error_fails_later_jobs_with_key_halted_until_resume() -> None:
+def test_run_on_a_halted_key_raises_key_halted_until_resume() -> None:
     async def body() -> None:
         error = ValueError("cancel failed")
 
@@ -512,77 +308,23 @@ def test_halt_on_error_fails_later_jobs_with_key_halted_until_resume() -> None:
             raise error
 
         async with AsyncKeyedDispatcher(8, halt_on_error=True) as ad:
-            failed = await ad.submit("k", boom)
-            queued = await ad.submit("k", _append, [], "queued")
-            other = await ad.submit("other", _append, [], "other")
             with pytest.raises(ValueError, match="cancel failed"):
-                await within(failed)
-            with pytest.raises(KeyHalted) as info:
-                await within(queued)
-            assert info.value.__cause__ is error
-            assert await within(other) == "other"
+                await ad.run("k", boom)
             assert ad.halted_keys() == frozenset({"k"})
-            with pytest.raises(KeyHalted):
+            with pytest.raises(KeyHalted) as info:
                 await ad.run("k", _append, [], "run")
+            assert info.value.__cause__ is error
             with pytest.raises(KeyHalted):
-                async with ad.exclusive(["k"]):
-                    pass
+                await ad.run_multi(["j", "k"], _append, [], "run")
             assert ad.resume("k")
-            assert not ad.resume("k")
             assert await ad.run("k", _append, [], "again") == "again"
-            assert ad.stats().halted_keys == 0
+            stats = ad.stats()
+            assert (stats.halted_keys, stats.failed, stats.completed) == (0, 3, 1)
 
     run(body)
 
 
 # -- 9. exclusive ------------------------------------------------------------------------
-
-
-def test_exclusive_waits_for_earlier_jobs_and_holds_later_ones() -> None:
-    async def body() -> None:
-        gate = Gate()
-        out: list[str] = []
-        async with AsyncKeyedDispatcher(8) as ad:
-            await ad.submit("a", gate.job)
-            block = asyncio.Event()
-
-            async def hold() -> None:
-                async with ad.exclusive(["a", "b"], timeout=None):
-                    out.append("block")
-                    await block.wait()
-
-            holder = asyncio.create_task(hold())
-            await until(lambda: ad.stats().pending == 1, "the block to queue")
-            later = await ad.submit("b", _append, out, "later")
-            assert out == []
-            gate.release.set()
-            await until(lambda: out == ["block"], "the block to start")
-            assert ad.stats().running == 1
-            assert not later.done()
-            block.set()
-            await within(holder)
-            assert await within(later) == "later"
-        assert out == ["block", "later"]
-
-    run(body)
-
-
-def test_exclusive_timeout_gives_the_place_up() -> None:
-    async def body() -> None:
-        gate = Gate()
-        async with AsyncKeyedDispatcher(8) as ad:
-            await ad.submit("a", gate.job)
-            with pytest.raises(StartTimeout):
-                async with ad.exclusive(["a"], timeout=0.02):
-                    pytest.fail("the block must not run")
-            stats = ad.stats()
-            assert (stats.pending, stats.cancelled) == (0, 1)
-            gate.release.set()
-            await within(gate.exited.wait())
-            async with ad.exclusive(["a"], timeout=0):
-                pass
-
-    run(body)
 
 
 def test_exclusive_or_run_inside_a_held_key_raises_instead_of_deadlocking() -> None:
@@ -610,16 +352,9 @@ def test_exclusive_or_run_inside_a_held_key_raises_instead_of_deadlocking() -> N
     run(body)
 
 
-def test_an_exclusive_block_that_raises_fails_and_halts_with_halt_on_error() -> None:
+def test_a_cancelled_exclusive_block_does_not_fail_or_halt() -> None:
     async def body() -> None:
         async with AsyncKeyedDispatcher(8, halt_on_error=True) as ad:
-            with pytest.raises(ZeroDivisionError):
-                async with ad.exclusive(["k"]):
-                    raise ZeroDivisionError
-            assert ad.halted_keys() == frozenset({"k"})
-            assert ad.stats().failed == 1
-            assert ad.resume("k")
-            # A cancelled block is not a failure: it does not halt.
             block = ad.exclusive(["k"])
             await block.__aenter__()
             with pytest.raises(RuntimeError, match="already entered"):
@@ -627,52 +362,7 @@ def test_an_exclusive_block_that_raises_fails_and_halts_with_halt_on_error() -> 
             await block.__aexit__(asyncio.CancelledError, asyncio.CancelledError(), None)
             assert ad.halted_keys() == frozenset()
             stats = ad.stats()
-            assert (stats.cancelled, stats.running) == (1, 0)
-
-    run(body)
-
-
-# -- 10. stats ----------------------------------------------------------------------------
-
-
-def test_stats_is_a_snapshot_of_every_counter() -> None:
-    async def body() -> None:
-        gate, gate_b = Gate(), Gate()
-        async with AsyncKeyedDispatcher(4, max_shards=10) as ad:
-            assert ad.stats().submitted == 0
-            await ad.submit("a", gate.job)
-            cancelled = await ad.submit("a", _append, [], 1)
-            await ad.submit("b", gate_b.job)
-            cancelled.cancel()
-            await within(gate.entered.wait())
-            await within(gate_b.entered.wait())
-            snapshot = ad.stats()
-            gate.release.set()
-            gate_b.release.set()
-        final = ad.stats()
-        assert snapshot.as_dict() == {
-            "max_workers": 4,
-            "workers": 2,
-            "idle_workers": 0,
-            "active_shards": 2,
-            "max_shards": 10,
-            "pending": 0,
-            "running": 2,
-            "submitted": 3,
-            "completed": 0,
-            "failed": 0,
-            "cancelled": 1,
-            "timed_out": 0,
-            "halted_keys": 0,
-            "max_wait_s": snapshot.max_wait_s,
-            "closed": False,
-            "superseded": 0,
-            "retries": 0,
-            "in_backoff": 0,
-            "paused_keys": 0,
-        }
-        assert (final.completed, final.running, final.active_shards, final.closed) == (2, 0, 0, True)
-        assert "closed" in repr(ad)
+            assert (stats.cancelled, stats.failed, stats.running) == (1, 0, 0)
 
     run(body)
 
@@ -680,36 +370,20 @@ def test_stats_is_a_snapshot_of_every_counter() -> None:
 # -- 11. bad input ------------------------------------------------------------------------
 
 
-def test_bad_input_is_refused_at_the_call() -> None:
+def test_bad_input_to_run_is_refused_at_the_call() -> None:
+    # The checks shared with submit are in tests/contract/test_bad_input.py.
     async def body() -> None:
         async with AsyncKeyedDispatcher(2) as ad:
             unhashable: Any = ["list"]
             with pytest.raises(TypeError, match="unhashable list"):
-                await ad.submit(unhashable, _append, [], 1)
-            with pytest.raises(TypeError, match="unhashable list"):
                 await ad.run(unhashable, _append, [], 1)
             not_callable: Any = 42
-            with pytest.raises(TypeError, match="callable"):
-                await ad.submit("k", not_callable)
-            with pytest.raises(TypeError, match="callable"):
-                await ad.submit_multi(["k"], not_callable)
             with pytest.raises(TypeError, match="callable"):
                 await ad.run("k", not_callable)
             with pytest.raises(TypeError, match="callable"):
                 await ad.run_multi(["k"], not_callable)
             with pytest.raises(ValueError, match="at least one key"):
-                await ad.submit_multi([], _append, [], 1)
-            with pytest.raises(TypeError, match="collection of keys"):
-                await ad.submit_multi("ab", _append, [], 1)
-            with pytest.raises(ValueError, match=">= 0"):
-                ad.exclusive(["k"], timeout=-1)
-            with pytest.raises(ValueError, match=">= 0"):
-                ad.exclusive(["k"], timeout=math.nan)
-            bad_timeout: Any = "1"
-            with pytest.raises(TypeError, match="number of seconds"):
-                ad.exclusive(["k"], timeout=bad_timeout)
-            with pytest.raises(TypeError, match="unhashable"):
-                ad.resume(unhashable)
+                await ad.run_multi([], _append, [], 1)
             # A plain function is not a coroutine function: its job fails.
             not_a_coroutine_function: Any = lambda: 1  # noqa: E731
             with pytest.raises(TypeError):
@@ -717,36 +391,25 @@ def test_bad_input_is_refused_at_the_call() -> None:
             assert ad.stats().failed == 1
 
     run(body)
-    with pytest.raises(ConfigError, match="max_workers"):
-        AsyncKeyedDispatcher(0)
-    with pytest.raises(ConfigError, match="start_timeout"):
-        AsyncKeyedDispatcher(start_timeout=-1)
-    with pytest.raises(ConfigError, match="max_shards"):
-        AsyncKeyedDispatcher(max_shards=0)
-    bad_flag: Any = "yes"
-    with pytest.raises(TypeError, match="halt_on_error"):
-        AsyncKeyedDispatcher(halt_on_error=bad_flag)
 
 
 # -- 12. logging ---------------------------------------------------------------------------
 
 
-def test_log_lines_match_the_thread_dispatcher(caplog: pytest.LogCaptureFixture) -> None:
+def test_run_logs_its_start_like_submit(caplog: pytest.LogCaptureFixture) -> None:
     async def body() -> None:
         key = webhook_key(1, "BTC/USDT")
         async with AsyncKeyedDispatcher(2, wait_warning=0) as ad:
             with caplog.at_level(logging.DEBUG, logger="keyed_dispatch"):
-                await within(await ad.submit(key, _append, [], 1))
                 await ad.run(key, _append, [], 2)
-                async with ad.exclusive([key, "x"]):
-                    pass
+                await ad.run_multi([key, "x"], _append, [], 2)
         messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "keyed_dispatch"]
         starts = [m for level, m in messages if level == "DEBUG"]
         warnings = [m for level, m in messages if level == "WARNING"]
-        assert len(starts) == 3
+        assert len(starts) == 2
         assert starts[0].startswith("started job for strategy_1_symbol_BTC/USDT (waited 0.")
-        assert starts[2].startswith("started job for strategy_1_symbol_BTC/USDT+x (waited ")
-        assert len(warnings) == 3
+        assert starts[1].startswith("started job for strategy_1_symbol_BTC/USDT+x (waited ")
+        assert len(warnings) == 2
         assert warnings[0].startswith("job for strategy_1_symbol_BTC/USDT waited 0.")
 
     run(body)
@@ -840,24 +503,25 @@ def test_other_threads_get_a_clear_error_and_submit_threadsafe_works() -> None:
 # -- 14. shutdown -------------------------------------------------------------------------
 
 
-def test_aclose_drains_then_refuses_new_jobs() -> None:
+def test_aclose_refuses_run_and_submit_threadsafe_while_it_drains() -> None:
     async def body() -> None:
         out: list[int] = []
         ad = AsyncKeyedDispatcher(2)
         gate = Gate()
         await ad.submit("k", gate.job)
-        queued = [await ad.submit("k", _append, out, i) for i in range(3)]
+        queued = asyncio.create_task(ad.run("k", _append, out, 1))
+        await until(lambda: ad.stats().pending == 1, "run() to queue")
         closing = asyncio.create_task(ad.aclose())
         await until(lambda: ad.stats().closed, "aclose to begin")
         with pytest.raises(DispatcherClosed):
-            await ad.submit("k", _append, out, 99)
+            await ad.run("k", _append, out, 99)
         with pytest.raises(DispatcherClosed):
             ad.submit_threadsafe("k", _append, out, 99)
         assert not closing.done()
         gate.release.set()
         await within(closing)
-        assert [f.result() for f in queued] == [0, 1, 2]
-        assert out == [0, 1, 2]
+        assert queued.result() == 1
+        assert out == [1]
         await ad.aclose()  # idempotent
         with pytest.raises(DispatcherClosed):
             await ad.run("k", _append, out, 99)
@@ -995,27 +659,6 @@ def test_a_cancelled_exclusive_wait_gives_the_place_up() -> None:
     run(first_use_is_a_block)
 
 
-@pytest.mark.slow
-def test_start_deadlines_of_started_jobs_are_skipped_and_later_ones_still_fire() -> None:
-    async def body() -> None:
-        blocker, middle = Gate(), Gate()
-        # The middle job must start within start_timeout of its admission:
-        # a margin for a loaded machine.
-        async with AsyncKeyedDispatcher(8, start_timeout=0.2) as ad:
-            await ad.submit("k", blocker.job)
-            started_in_time = await ad.submit("k", middle.job, "middle")
-            blocker.release.set()
-            await within(middle.entered.wait())  # started before its deadline
-            late = await ad.submit("k", _append, [], "late")
-            with pytest.raises(StartTimeout):
-                await within(late)
-            middle.release.set()
-            assert await within(started_in_time) == "middle"
-            assert ad.stats().timed_out == 1
-
-    run(body)
-
-
 def test_a_job_task_cancelled_by_someone_else_cancels_its_future() -> None:
     async def body() -> None:
         gate = Gate()
@@ -1065,5 +708,27 @@ def test_an_eager_task_factory_keeps_the_guarantees() -> None:
             assert await within(asyncio.gather(*futures)) == list(range(30))
         assert sorted(out) == list(range(30))
         assert [i for i in out if i % 3 == 0] == list(range(0, 30, 3))
+
+    run(body)
+
+
+def test_a_job_cancelled_before_its_task_first_runs_never_runs() -> None:
+    async def body() -> None:
+        ran = asyncio.Event()
+
+        async def must_not_run() -> None:
+            ran.set()
+
+        async with AsyncKeyedDispatcher(2) as ad:
+            # A free key: the job is started at admission, its task created;
+            # the task has not taken its first step when the cancel comes.
+            future = await ad.submit("k", must_not_run)
+            assert ad.stats().running == 1
+            assert future.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await within(future)
+            await until(lambda: ad.stats().running == 0, "the job to retire")
+            assert ad.stats().cancelled == 1
+        assert not ran.is_set()
 
     run(body)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 
 import pytest
 
 from keyed_dispatch import ShardsExhausted, webhook_key
-from tests.helpers import WAIT, Gates, MakeDispatcher
+from tests.contract.conftest import MakeRunner
+from tests.helpers import WAIT
 
 BTC = webhook_key(1, "BTC/USDT")
 
@@ -18,12 +18,12 @@ def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "keyed_dispatch" and r.levelno == level]
 
 
-def test_debug_line_on_start(make_dispatcher: MakeDispatcher, caplog: pytest.LogCaptureFixture) -> None:
-    d = make_dispatcher(2, wait_warning=None)
+def test_debug_line_on_start(make_runner: MakeRunner, caplog: pytest.LogCaptureFixture) -> None:
+    r = make_runner(2, wait_warning=None)
     with caplog.at_level(logging.DEBUG, logger="keyed_dispatch"):
-        d.submit(BTC, lambda: None).result(timeout=WAIT)
-        d.submit_multi([BTC, webhook_key(1, "ETH/USDT")], lambda: None).result(timeout=WAIT)
-        with d.exclusive([BTC]):
+        r.submit(BTC, lambda: None).result(timeout=WAIT)
+        r.submit_multi([BTC, webhook_key(1, "ETH/USDT")], lambda: None).result(timeout=WAIT)
+        with r.exclusive([BTC]):
             pass
     lines = messages(caplog, logging.DEBUG)
     assert len(lines) == 3
@@ -36,14 +36,12 @@ def test_debug_line_on_start(make_dispatcher: MakeDispatcher, caplog: pytest.Log
     assert messages(caplog, logging.WARNING) == []
 
 
-def test_warning_when_a_job_waited_long(
-    make_dispatcher: MakeDispatcher, gates: Gates, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_warning_when_a_job_waited_long(make_runner: MakeRunner, caplog: pytest.LogCaptureFixture) -> None:
     # wait_warning=0: every start is "late", whatever the machine's speed.
-    d = make_dispatcher(2, wait_warning=0)
+    r = make_runner(2, wait_warning=0)
     with caplog.at_level(logging.WARNING, logger="keyed_dispatch"):
-        d.submit(BTC, lambda: None).result(timeout=WAIT)
-        with d.exclusive([BTC]):
+        r.submit(BTC, lambda: None).result(timeout=WAIT)
+        with r.exclusive([BTC]):
             pass
     lines = messages(caplog, logging.WARNING)
     assert len(lines) == 2
@@ -51,20 +49,15 @@ def test_warning_when_a_job_waited_long(
         assert re.fullmatch(r"job for strategy_1_symbol_BTC/USDT waited \d+\.\d\ds", line)
 
 
-def test_warning_reports_the_real_wait(
-    make_dispatcher: MakeDispatcher, gates: Gates, caplog: pytest.LogCaptureFixture
-) -> None:
-    d = make_dispatcher(2, wait_warning=0.02)
-    late_admitted = gates.new()
-
-    def earlier_job() -> None:
-        late_admitted.wait(WAIT)
-        time.sleep(0.05)  # the job's own work, which the late job waits out
-
-    d.submit(BTC, earlier_job)
+def test_warning_reports_the_real_wait(make_runner: MakeRunner, caplog: pytest.LogCaptureFixture) -> None:
+    r = make_runner(2, wait_warning=0.02)
+    late_admitted = r.gate()
+    # The earlier job works 0.05 s once the late job is admitted; the late
+    # job waits that out.
+    r.submit(BTC, r.job(late_admitted, 0.05))
     with caplog.at_level(logging.WARNING, logger="keyed_dispatch"):
-        late = d.submit(BTC, lambda: None)
-        late_admitted.set()
+        late = r.submit(BTC, lambda: None)
+        late_admitted.open()
         late.result(timeout=WAIT)
     (line,) = messages(caplog, logging.WARNING)
     match = re.fullmatch(r"job for strategy_1_symbol_BTC/USDT waited (\d+\.\d\d)s", line)
@@ -72,14 +65,12 @@ def test_warning_reports_the_real_wait(
     assert float(match.group(1)) >= 0.05
 
 
-def test_error_on_shard_exhaustion(
-    make_dispatcher: MakeDispatcher, gates: Gates, caplog: pytest.LogCaptureFixture
-) -> None:
-    d = make_dispatcher(2, max_shards=1, submit_timeout=0)
-    gate = gates.new()
-    d.submit(BTC, gate.wait)
+def test_error_on_shard_exhaustion(make_runner: MakeRunner, caplog: pytest.LogCaptureFixture) -> None:
+    r = make_runner(2, max_shards=1, submit_timeout=0)
+    gate = r.gate()
+    r.submit(BTC, r.job(gate))
     with caplog.at_level(logging.ERROR, logger="keyed_dispatch"), pytest.raises(ShardsExhausted):
-        d.submit(webhook_key(2, "ETH/USDT"), print)
+        r.submit(webhook_key(2, "ETH/USDT"), print)
     assert messages(caplog, logging.ERROR) == ["shard pool exhausted: 1 shards"]
 
 
@@ -97,20 +88,18 @@ class CountingKey:
         return "counting-key"
 
 
-def test_disabled_levels_format_nothing(
-    make_dispatcher: MakeDispatcher, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_disabled_levels_format_nothing(make_runner: MakeRunner, caplog: pytest.LogCaptureFixture) -> None:
     # The hot path pays nothing for disabled logging: the key is never
     # formatted unless a line is emitted.
-    d = make_dispatcher(2, wait_warning=None)
+    r = make_runner(2, wait_warning=None)
     key = CountingKey()
     with caplog.at_level(logging.INFO, logger="keyed_dispatch"):
         for _ in range(20):
-            d.submit(key, lambda: None).result(timeout=WAIT)
-        with d.exclusive([key]):
+            r.submit(key, lambda: None).result(timeout=WAIT)
+        with r.exclusive([key]):
             pass
     assert key.formatted == 0
     with caplog.at_level(logging.DEBUG, logger="keyed_dispatch"):
-        d.submit(key, lambda: None).result(timeout=WAIT)
+        r.submit(key, lambda: None).result(timeout=WAIT)
     # Emitted lines are formatted (by each of pytest's capturing handlers).
     assert key.formatted > 0

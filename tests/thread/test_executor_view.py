@@ -6,6 +6,7 @@ import asyncio
 import threading
 from concurrent.futures import Executor
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import Any
 
 import pytest
 
@@ -145,3 +146,10 @@ def test_shutdown_wait_with_cancel_futures(make_dispatcher: MakeDispatcher, gate
     gate.set()
     stopper.join(timeout=WAIT)
     assert running.result(timeout=0) is True
+
+
+@pytest.mark.parametrize("key", [["a"], {"a": 1}])
+def test_an_unhashable_key_is_refused_at_the_call(make_dispatcher: MakeDispatcher, key: Any) -> None:
+    d = make_dispatcher(1)
+    with pytest.raises(TypeError, match=f"unhashable {type(key).__name__}"):
+        d.executor(key)

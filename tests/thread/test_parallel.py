@@ -1,4 +1,6 @@
-"""Point 2: disjoint keys run in parallel up to max_workers; work-conserving."""
+"""How the thread runner shares its workers: a hot key keeps its worker, but
+yields to other keys after a bounded batch (parallelism and work
+conservation themselves are in tests/contract/test_parallel.py)."""
 
 from __future__ import annotations
 
@@ -6,62 +8,8 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-import pytest
-
 from keyed_dispatch._engine import HOT_BATCH
 from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
-
-
-@pytest.mark.parametrize("max_workers", [1, 2, 5])
-def test_disjoint_keys_run_concurrently_up_to_max_workers(
-    make_dispatcher: MakeDispatcher, max_workers: int
-) -> None:
-    # The barrier only opens if max_workers jobs run at the same time.
-    d = make_dispatcher(max_workers)
-    barrier = threading.Barrier(max_workers)
-    futures = [d.submit(f"k{i}", barrier.wait, WAIT) for i in range(max_workers * 3)]
-    for future in futures:
-        future.result(timeout=WAIT)
-    assert d.stats().workers <= max_workers
-
-
-def test_never_more_than_max_workers_threads(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(3)
-    gate = gates.new()
-    futures = [d.submit(f"k{i}", gate.wait) for i in range(7)]
-    wait_until(lambda: d.stats().running == 3, what="3 running jobs")
-    stats = d.stats()
-    assert (stats.workers, stats.running, stats.pending) == (3, 3, 4)
-    gate.set()
-    for future in futures:
-        future.result(timeout=WAIT)
-    assert d.stats().workers <= 3
-
-
-def test_jobs_made_runnable_together_start_together(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    # Retiring one job can make several runnable at once: each must get a
-    # worker without waiting for a later submit (work conservation).
-    d = make_dispatcher(3)
-    gate = gates.new()
-    barrier = threading.Barrier(3)
-    first = d.submit_multi(["a", "b", "c"], gate.wait)
-    waiting = [d.submit(key, barrier.wait, WAIT) for key in "abc"]
-    wait_until(lambda: d.stats().pending == 3, what="three jobs queued")
-    gate.set()
-    first.result(timeout=WAIT)
-    for future in waiting:
-        future.result(timeout=WAIT)
-
-
-def test_an_idle_worker_takes_runnable_work(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    # One worker busy on "a", one idle: a job on "b" must not wait for "a".
-    d = make_dispatcher(2)
-    warm = d.submit("x", lambda: None)
-    warm.result(timeout=WAIT)
-    gate = gates.new()
-    blocked = d.submit("a", gate.wait)
-    d.submit("b", gate.set).result(timeout=WAIT)
-    assert blocked.result(timeout=WAIT) is True
 
 
 def test_hot_key_does_not_starve_a_cold_key_with_one_worker(make_dispatcher: MakeDispatcher) -> None:
@@ -91,18 +39,6 @@ def test_hot_key_does_not_starve_a_cold_key_with_one_worker(make_dispatcher: Mak
     for future in futures:
         future.result(timeout=WAIT)
     assert order.index("cold") == 1, order
-
-
-def test_hot_backlog_leaves_other_keys_to_free_workers(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    # The hot key's head job waits for a gate that only the cold job opens:
-    # this finishes only if the cold job runs while the hot backlog is queued.
-    d = make_dispatcher(2)
-    gate = gates.new()
-    hot = [d.submit("hot", gate.wait)] + [d.submit("hot", lambda: None) for _ in range(100)]
-    cold = d.submit("cold", gate.set)
-    cold.result(timeout=WAIT)
-    for future in hot:
-        future.result(timeout=WAIT)
 
 
 def test_hot_key_chain_keeps_its_worker_without_a_hand_off(make_dispatcher: MakeDispatcher) -> None:

@@ -47,16 +47,16 @@ def test_every_variable_is_read() -> None:
     )
 
 
-def test_seed_variables_are_fallbacks() -> None:
-    seed = {"MAX_WEBHOOK_LOCKS": "500", "WEBHOOK_LOCK_TIMEOUT": "12"}
-    config = DispatcherConfig.from_env(seed)
+def test_lock_manager_variables_are_fallbacks() -> None:
+    lock_manager = {"MAX_WEBHOOK_LOCKS": "500", "WEBHOOK_LOCK_TIMEOUT": "12"}
+    config = DispatcherConfig.from_env(lock_manager)
     assert (config.max_shards, config.submit_timeout) == (500, 12.0)
-    # Our own variables win over the seed's.
-    ours = {**seed, "KEYED_DISPATCH_MAX_SHARDS": "40", "KEYED_DISPATCH_SUBMIT_TIMEOUT": "3"}
+    # Our own variables win over the lock-manager design's.
+    ours = {**lock_manager, "KEYED_DISPATCH_MAX_SHARDS": "40", "KEYED_DISPATCH_SUBMIT_TIMEOUT": "3"}
     config = DispatcherConfig.from_env(ours)
     assert (config.max_shards, config.submit_timeout) == (40, 3.0)
     # An empty variable counts as unset, so the fallback applies.
-    config = DispatcherConfig.from_env({**seed, "KEYED_DISPATCH_MAX_SHARDS": ""})
+    config = DispatcherConfig.from_env({**lock_manager, "KEYED_DISPATCH_MAX_SHARDS": ""})
     assert config.max_shards == 500
 
 
@@ -139,3 +139,18 @@ def test_bad_environment_fails_the_constructor(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KEYED_DISPATCH_MAX_SHARDS", "many")
     with pytest.raises(ConfigError, match="KEYED_DISPATCH_MAX_SHARDS='many'"):
         KeyedDispatcher()
+
+
+@pytest.mark.parametrize("name", ["start_timeout", "wait_warning", "idle_timeout"])
+def test_infinite_optional_timeouts_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="finite"):
+        DispatcherConfig(**{name: math.inf})  # type: ignore[arg-type]
+
+
+def test_infinite_submit_timeout_is_allowed() -> None:
+    assert DispatcherConfig(submit_timeout=math.inf).submit_timeout == math.inf
+
+
+def test_zero_idle_timeout() -> None:
+    with pytest.raises(ConfigError, match="idle_timeout must be > 0"):
+        DispatcherConfig(idle_timeout=0)

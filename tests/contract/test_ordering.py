@@ -9,41 +9,43 @@ from typing import Any
 import pytest
 
 from keyed_dispatch.testing import OrderRecorder, failing
-from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
+from tests.contract.conftest import MakeRunner
+from tests.contract.runners import Runner
+from tests.helpers import WAIT, wait_until
 
 
-def test_one_key_runs_in_program_order(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(8)
+def test_one_key_runs_in_program_order(make_runner: MakeRunner) -> None:
+    r = make_runner(8)
     out: list[int] = []
-    futures = [d.submit("k", out.append, i) for i in range(300)]
+    futures = [r.submit("k", out.append, i) for i in range(300)]
     for future in futures:
         future.result(timeout=WAIT)
     assert out == list(range(300))
 
 
-def test_interleaved_keys_keep_per_key_order_and_never_overlap(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(4)
+def test_interleaved_keys_keep_per_key_order_and_never_overlap(runner: Runner) -> None:
     rec = OrderRecorder()
-    futures = [rec.submit(d, [f"k{i % 5}"]) for i in range(200)]
+    # Each job lets the others run between its start and its end.
+    futures = [rec.submit(runner, [f"k{i % 5}"], runner.job(0)) for i in range(200)]
     for future in futures:
         future.result(timeout=WAIT)
     rec.check()
     assert len(rec.ran()) == 200
 
 
-def test_admission_order_from_many_submitting_threads(make_dispatcher: MakeDispatcher) -> None:
+def test_admission_order_from_many_submitting_threads(runner: Runner) -> None:
     # Admission order is the order in which submit calls return; the
     # recorder's admission lock makes the recorded order that order.
-    d = make_dispatcher(4)
     rec = OrderRecorder()
     start = threading.Barrier(4)
     futures: list[Future[Any]] = []
     lock = threading.Lock()
+    job = runner.job(0)
 
     def submitter(n: int) -> None:
         start.wait(timeout=WAIT)
         for i in range(50):
-            future = rec.submit(d, ["shared", f"own{n}"] if i % 7 == 0 else ["shared"])
+            future = rec.submit(runner, ["shared", f"own{n}"] if i % 7 == 0 else ["shared"], job)
             with lock:
                 futures.append(future)
 
@@ -54,70 +56,69 @@ def test_admission_order_from_many_submitting_threads(make_dispatcher: MakeDispa
         thread.join(timeout=WAIT)
     for future in futures:
         future.result(timeout=WAIT)
+    assert len(futures) == 200
     rec.check()
 
 
-def test_later_job_waits_while_earlier_job_of_its_key_runs(
-    make_dispatcher: MakeDispatcher, gates: Gates
-) -> None:
-    d = make_dispatcher(4)
-    gate = gates.new()
+def test_later_job_waits_while_earlier_job_of_its_key_runs(runner: Runner) -> None:
+    gate = runner.gate()
     started = threading.Event()
-    first = d.submit("k", gate.wait)
-    second = d.submit("k", started.set)
-    other = d.submit("other", lambda: "free")
+    first = runner.submit("k", runner.job(gate, lambda: "first"))
+    second = runner.submit("k", started.set)
+    other = runner.submit("other", lambda: "free")
     # A free key runs at once; the same key waits for the running job.
     assert other.result(timeout=WAIT) == "free"
-    wait_until(lambda: d.stats().running == 1, what="first job running")
-    stats = d.stats()
+    assert gate.entered.wait(WAIT)
+    wait_until(lambda: runner.stats().running == 1, what="only the first job running")
+    stats = runner.stats()
     assert (stats.running, stats.pending) == (1, 1)
     assert not started.is_set()
     assert not second.done()
-    gate.set()
+    gate.open()
     second.result(timeout=WAIT)
-    assert first.result(timeout=WAIT) is True
+    assert first.result(timeout=WAIT) == "first"
 
 
 @pytest.mark.parametrize("finish", ["fails", "cancelled"])
-def test_key_moves_on_after_each_kind_of_finish(
-    make_dispatcher: MakeDispatcher, gates: Gates, finish: str
-) -> None:
+def test_key_moves_on_after_each_kind_of_finish(make_runner: MakeRunner, finish: str) -> None:
     # "Finished" also covers failed and cancelled jobs (timed out before
     # start: see test_start_timeout.py).
-    d = make_dispatcher(2)
-    gate = gates.new()
+    r = make_runner(2)
+    gate = r.gate()
     rec = OrderRecorder()
-    blocker = rec.submit(d, ["k"], gate.wait)
-    middle = rec.submit(d, ["k"], failing() if finish == "fails" else None)
-    last = rec.submit(d, ["k"])
+    blocker = rec.submit(r, ["k"], r.job(gate, lambda: "blocker"))
+    middle = rec.submit(r, ["k"], failing() if finish == "fails" else r.job())
+    last = rec.submit(r, ["k"], r.job())
     if finish == "cancelled":
         assert middle.cancel()
-    gate.set()
+    gate.open()
     last.result(timeout=WAIT)
-    assert blocker.result(timeout=WAIT) is True
+    assert blocker.result(timeout=WAIT) == "blocker"
     if finish == "fails":
         assert isinstance(middle.exception(timeout=WAIT), ValueError)
     rec.check()
 
 
-def test_jobs_of_a_key_are_serialized_under_load(make_dispatcher: MakeDispatcher) -> None:
+def test_jobs_of_a_key_are_serialized_under_load(make_runner: MakeRunner) -> None:
     # A direct check of exclusion, independent of the recorder.
-    d = make_dispatcher(8)
+    r = make_runner(8)
     active: dict[str, int] = {}
     worst: dict[str, int] = {}
     lock = threading.Lock()
 
-    def job(key: str) -> None:
+    def enter(key: str) -> None:
         with lock:
             active[key] = active.get(key, 0) + 1
             worst[key] = max(worst.get(key, 0), active[key])
-        # A little work, so that same-key jobs would overlap if allowed to.
-        for _ in range(200):
-            pass
+
+    def leave(key: str) -> None:
         with lock:
             active[key] -= 1
 
-    futures = [d.submit(f"k{i % 3}", job, f"k{i % 3}") for i in range(300)]
+    # Between enter and leave the job lets others run, so that same-key
+    # jobs would overlap if allowed to.
+    job = r.job(enter, 0, leave)
+    futures = [r.submit(f"k{i % 3}", job, f"k{i % 3}") for i in range(300)]
     for future in futures:
         future.result(timeout=WAIT)
     assert worst == {"k0": 1, "k1": 1, "k2": 1}

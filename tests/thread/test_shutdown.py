@@ -1,4 +1,5 @@
-"""Point 11: shutdown, lazy and idle-exiting workers, clean interpreter exit."""
+"""The thread runner's workers and shutdown: lazy and idle-exiting workers, threads
+joined, clean interpreter exit (the shared semantics are in tests/contract)."""
 
 from __future__ import annotations
 
@@ -14,35 +15,8 @@ from typing import Any
 import pytest
 
 import keyed_dispatch._thread as dispatcher_module
-from keyed_dispatch import DispatcherClosed, DispatcherConfig, KeyedDispatcher
+from keyed_dispatch import DispatcherConfig, KeyedDispatcher
 from tests.helpers import WAIT, Gates, MakeDispatcher, settle, threads_named, wait_until
-
-
-def test_shutdown_runs_what_was_admitted_and_closes(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(2)
-    out: list[int] = []
-    futures = [d.submit(f"k{i % 3}", out.append, i) for i in range(100)]
-    d.shutdown(wait=True)
-    assert all(f.done() and not f.cancelled() for f in futures)
-    assert sorted(out) == list(range(100))
-    stats = d.stats()
-    assert stats.closed
-    assert (stats.workers, stats.pending, stats.running, stats.completed) == (0, 0, 0, 100)
-    with pytest.raises(DispatcherClosed) as info:
-        d.submit("k", print)
-    assert isinstance(info.value, RuntimeError)
-    with pytest.raises(DispatcherClosed):
-        d.submit_multi(["a", "b"], print)
-    assert "closed" in repr(d)
-
-
-def test_shutdown_is_idempotent(make_dispatcher: MakeDispatcher) -> None:
-    d = make_dispatcher(2)
-    d.submit("k", lambda: None).result(timeout=WAIT)
-    d.shutdown()
-    d.shutdown()
-    d.shutdown(wait=False, cancel_pending=True)
-    assert d.stats().closed
 
 
 def test_context_manager_shuts_down(gates: Gates) -> None:
@@ -52,34 +26,6 @@ def test_context_manager_shuts_down(gates: Gates) -> None:
     assert future.result(timeout=0) == 7
     assert d.stats().closed
     assert threads_named("kd-ctx_") == []
-
-
-def test_cancel_pending_cancels_what_has_not_started(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(1)
-    gate = gates.new()
-    running = d.submit("a", gate.wait)
-    wait_until(lambda: d.stats().running == 1, what="the first job to start")
-    queued = [d.submit("a", lambda: None), d.submit("b", lambda: None), d.submit_multi(["a", "b"], print)]
-    d.shutdown(wait=False, cancel_pending=True)
-    assert all(f.cancelled() for f in queued)
-    assert not running.done()
-    gate.set()
-    d.shutdown(wait=True)
-    assert running.result(timeout=0) is True
-    stats = d.stats()
-    assert (stats.cancelled, stats.completed) == (3, 1)
-
-
-def test_shutdown_without_wait_returns_while_jobs_run(make_dispatcher: MakeDispatcher, gates: Gates) -> None:
-    d = make_dispatcher(1)
-    gate = gates.new()
-    blocked = d.submit("k", gate.wait)
-    queued = d.submit("k", lambda: "still runs")
-    d.shutdown(wait=False)
-    assert not blocked.done()
-    gate.set()
-    assert queued.result(timeout=WAIT) == "still runs"
-    d.shutdown(wait=True)
 
 
 def test_shutdown_wait_inside_a_job_raises_but_without_wait_works(make_dispatcher: MakeDispatcher) -> None:

@@ -1,4 +1,6 @@
-"""Point 17: any hashable key; webhook_key in the seed's lock key format."""
+"""Point 17: webhook_key in the lock-manager design's key format; key normalization.
+
+That any hashable is a key, on both runners, is in tests/contract/test_keys.py."""
 
 from __future__ import annotations
 
@@ -6,21 +8,14 @@ import copy
 import json
 import subprocess
 import sys
-from collections.abc import Hashable
-from enum import Enum
 
 import pytest
 
 from keyed_dispatch import WebhookKey, webhook_key
 from keyed_dispatch._keys import KeysText, normalize_keys
-from tests.helpers import WAIT, MakeDispatcher
 
 
-class Side(Enum):
-    BUY = 1
-
-
-def test_webhook_key_prints_in_the_seed_format() -> None:
+def test_webhook_key_prints_in_the_lock_manager_format() -> None:
     key = webhook_key(1, "BTC/USDT")
     assert str(key) == "strategy_1_symbol_BTC/USDT"
     assert f"{key}" == "strategy_1_symbol_BTC/USDT"
@@ -54,29 +49,6 @@ def test_webhook_key_is_equal_across_processes() -> None:
 def test_webhook_key_rejects_unhashable_parts() -> None:
     with pytest.raises(TypeError, match="int and list"):
         webhook_key(1, ["BTC"])  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "key",
-    [0, "k", b"k", ("strategy", 1), frozenset({1, 2}), None, 2.5, Side.BUY, webhook_key(1, "BTC/USDT")],
-)
-def test_any_hashable_is_a_key(make_dispatcher: MakeDispatcher, key: Hashable) -> None:
-    d = make_dispatcher(2)
-    out: list[int] = []
-    futures = [d.submit(key, out.append, i) for i in range(20)]
-    for future in futures:
-        future.result(timeout=WAIT)
-    assert out == list(range(20))
-
-
-def test_equal_keys_are_the_same_key(make_dispatcher: MakeDispatcher) -> None:
-    # 1 == 1.0 == True hash alike: they are one key, as in a dict.
-    d = make_dispatcher(2)
-    with d.exclusive([1]):
-        assert d.stats().active_shards == 1
-        blocked = d.submit(1.0, lambda: None)
-        assert not blocked.done()
-    blocked.result(timeout=WAIT)
 
 
 def test_normalize_keys_keeps_first_seen_order() -> None:
