@@ -18,13 +18,14 @@ except ImportError as _exc:
         "keyed_dispatch.postgres needs psycopg 3; install the extra: pip install 'keyed_dispatch[postgres]'"
     ) from _exc
 
-from ._common import DatabaseUnavailable, JobFailed, key_text
+from ._common import MAX_KEY_BYTES, DatabaseUnavailable, JobFailed, key_text, key_value
 from ._dispatcher import PostgresDispatcher, PostgresFuture, PostgresStats
 from ._embedded import EmbeddedPostgres
 from ._schema import SCHEMA_VERSION
 from ._worker import JobContext, current_job, run_worker
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "SCHEMA_VERSION",
     "DatabaseUnavailable",
     "EmbeddedPostgres",
@@ -35,5 +36,6 @@ __all__ = [
     "PostgresStats",
     "current_job",
     "key_text",
+    "key_value",
     "run_worker",
 ]

@@ -89,12 +89,13 @@ def record_webhook(
 
     job = current_job()
     insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
+    keys = [key_text(key) for key in job.keys]
     with psycopg.connect(events_dsn, autocommit=True) as conn:
-        conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "start", os.getpid()))
+        conn.execute(insert, (job.job_id, job.attempt, keys, "start", os.getpid()))
         work = work_s + (first_attempt_s if job.attempt == 1 else 0.0)
         if work:
             time.sleep(work)  # the webhook's own work (exchange round trips)
-        conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "end", os.getpid()))
+        conn.execute(insert, (job.job_id, job.attempt, keys, "end", os.getpid()))
     return {"submitter": submitter, "seq": seq, "pid": os.getpid(), "attempt": job.attempt}
 
 

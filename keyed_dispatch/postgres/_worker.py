@@ -11,7 +11,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,8 +19,9 @@ from typing import Any
 import psycopg
 
 from keyed_dispatch._config import _check_seconds
+from keyed_dispatch._keys import KeysText
 
-from ._common import DatabaseUnavailable, connect, dump_json, resolve_function
+from ._common import DatabaseUnavailable, connect, dump_json, key_value, resolve_function, storable_text
 from ._dispatcher import schema_version
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name
 
@@ -38,13 +39,15 @@ class JobContext:
             ``idempotency_key``) to an exchange as the client order id so a
             re-run after a failover cannot place the order twice.
         attempt: 1 for the first run, 2 after one failover, ...
-        keys: the job's keys, as stored (text).
+        keys: the job's keys, read back from their stored text
+            (:func:`~keyed_dispatch.postgres.key_value`): equal to the keys
+            submitted, tuples (a WebhookKey too) as plain tuples.
         worker: the name of the worker running it.
     """
 
     job_id: int
     attempt: int
-    keys: tuple[str, ...]
+    keys: tuple[Hashable, ...]
     worker: str
 
     @property
@@ -77,7 +80,7 @@ def current_job() -> JobContext:
 class _Claimed:
     job_id: int
     attempt: int
-    keys: tuple[str, ...]
+    keys: tuple[Hashable, ...]
     func: str
     args: list[Any]
     kwargs: dict[str, Any]
@@ -112,6 +115,11 @@ def run_worker(
     jobs after ``lease`` seconds to the next worker that looks, and a result
     it reports later is rejected. Each worker also expires overdue jobs and
     deletes finished jobs older than ``retention`` seconds.
+
+    A job fails (``JobFailed`` on its future) whatever it raises, and its
+    keys move on: ``SystemExit``, ``KeyboardInterrupt`` and ``GeneratorExit``
+    too end the job, not the worker, as in a ``ThreadPoolExecutor`` (a job
+    runs on a pool thread; signals reach the worker's own thread).
 
     Stopping is graceful: no new claims, running jobs finish and are
     recorded. A lost connection is retried with backoff; results not yet
@@ -170,6 +178,11 @@ _GIVE_UP_WHEN_STOPPING = 5
 def _backoff(failures: int) -> float:
     """Seconds to wait before reconnection attempt ``failures``: 0.1, 0.2, ... 2."""
     return min(2.0, 0.05 * float(2 ** min(failures, 6)))
+
+
+def _lost(conn: psycopg.Connection[Any]) -> bool:
+    """Whether ``conn`` is gone (after an error): the only failure worth a retry."""
+    return conn.broken or conn.closed
 
 
 def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -268,7 +281,9 @@ class _Worker:
                             running[job.job_id] = job
                             pool.submit(self._execute, job)
                     failures = 0
-                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                except (psycopg.Error, DatabaseUnavailable) as exc:
+                    if conn is not None and not _lost(conn):
+                        raise  # the database refused a statement: not a lost connection
                     failures += 1
                     if conn is not None:
                         conn.close()
@@ -335,7 +350,7 @@ class _Worker:
             _Claimed(
                 int(job_id),
                 int(attempt),
-                tuple(keys),
+                tuple(map(key_value, keys)),
                 func,
                 args,
                 kwargs,
@@ -345,12 +360,12 @@ class _Worker:
         ]
         for job in claimed:
             if self.wait_warning is not None and job.waited >= self.wait_warning:
-                logger.warning("job for %s waited %.2fs", "+".join(job.keys), job.waited)
+                logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
             elif logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "started job %d for %s (waited %.3fs, attempt %d)",
                     job.job_id,
-                    "+".join(job.keys),
+                    KeysText(job.keys),
                     job.waited,
                     job.attempt,
                 )
@@ -358,10 +373,30 @@ class _Worker:
 
     def _record(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
         job, state, result, error_type, error_message = outcome
-        row = conn.execute(
-            self.q.finish,
-            (job.job_id, job.attempt, state, result, error_type, error_message),
-        ).fetchone()
+        try:
+            row = conn.execute(
+                self.q.finish,
+                (job.job_id, job.attempt, state, result, error_type, error_message),
+            ).fetchone()
+        except psycopg.Error as exc:
+            if _lost(conn) or state != "completed":
+                raise
+            # The database refused the result (too large for jsonb, ...):
+            # the job fails with that reason rather than blocking its keys.
+            logger.warning(
+                "worker %s: the database refused the result of job %d: %s", self.name, job.job_id, exc
+            )
+            row = conn.execute(
+                self.q.finish,
+                (
+                    job.job_id,
+                    job.attempt,
+                    "failed",
+                    None,
+                    type(exc).__name__,
+                    storable_text(f"the database refused the result: {exc}"),
+                ),
+            ).fetchone()
         if row is None or not row[0]:
             logger.warning(
                 "worker %s: result of job %d attempt %d rejected: its lease expired and the job "
@@ -412,16 +447,28 @@ class _Worker:
                 fn = self.functions[job.func] = resolve_function(job.func)
             value = fn(*job.args, **job.kwargs)
             outcome: _Outcome = (job, "completed", dump_json(value, f"result of {job.func}"), None, None)
-        except Exception as exc:  # noqa: BLE001  # the job's error goes to its submitter
+        # BaseException too: SystemExit, KeyboardInterrupt or GeneratorExit
+        # raised by a job ends the job, not the worker (as in a
+        # ThreadPoolExecutor); unrecorded, it would hold its keys for ever.
+        except BaseException as exc:  # noqa: BLE001  # the job's error goes to its submitter
             kind = type(exc)
             qualname = (
                 kind.__qualname__
                 if kind.__module__ == "builtins"
                 else f"{kind.__module__}.{kind.__qualname__}"
             )
-            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, exc)
-            outcome = (job, "failed", None, qualname, str(exc))
+            message = _message(exc)
+            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, message)
+            outcome = (job, "failed", None, storable_text(qualname), storable_text(message))
         finally:
             _current.reset(token)
         self.done.put(outcome)
         self.wake.set()
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a note if even that raises."""
+    try:
+        return str(exc)
+    except Exception as error:  # noqa: BLE001  # a broken __str__ must not lose the outcome
+        return f"<str() of the exception raised {type(error).__name__}>"

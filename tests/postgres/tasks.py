@@ -1,11 +1,12 @@
 """Job functions for the PostgreSQL tests, importable by worker processes.
 
 Workers started by the tests get this directory on PYTHONPATH and name these
-as ``tests.pg_tasks:function``.
+as ``tests.postgres.tasks:function``.
 """
 
 from __future__ import annotations
 
+import builtins
 import threading
 from typing import Any
 
@@ -51,3 +52,18 @@ def gate(name: str) -> str:
     if not gates.setdefault(name, threading.Event()).wait(30):
         raise TimeoutError(f"gate {name} was never opened")
     return name
+
+
+def raise_builtin(name: str) -> None:
+    """Raise the builtin exception ``name`` (``SystemExit``, ``KeyboardInterrupt``, ...)."""
+    raise getattr(builtins, name)()
+
+
+def nul_result() -> str:
+    """Return text holding a NUL character, which PostgreSQL cannot store."""
+    return "a\x00b"
+
+
+def nul_error() -> None:
+    """Fail with a message holding a NUL character and a lone surrogate."""
+    raise ValueError("a\x00b\ud800c")
