@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from ._commits import CommitTracker
 from ._config import DispatcherConfig
-from ._dispatcher import KeyedDispatcher, KeyedFuture, KeyExecutor
 from ._errors import (
     ConfigError,
     DispatcherClosed,
@@ -22,6 +21,7 @@ from ._errors import (
 )
 from ._keys import WebhookKey, webhook_key
 from ._stats import DispatcherStats
+from ._thread import KeyedDispatcher, KeyedFuture, KeyExecutor
 
 __version__ = "0.1.0"
 

@@ -1,8 +1,9 @@
 """AsyncKeyedDispatcher: per-key ordered dispatch of coroutines on an event loop.
 
 The second runner of ``_engine.Engine`` (the first is the thread pool of
-``_dispatcher.py``). The engine decides which job may start; this module runs
-the jobs as coroutines on one event loop. The dispatcher is confined to that
+``_thread.py``; what both share is in ``_runner.py``). The engine decides
+which job may start; this module runs the jobs as coroutines on one event
+loop. The dispatcher is confined to that
 loop: every engine call happens on the loop's thread, between two awaits,
 which serializes them as the thread runner's lock does. There is no lock.
 
@@ -22,32 +23,28 @@ the thread runner, take no concurrency slot.
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import sys
 import threading
 import time
 from asyncio import CancelledError
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from concurrent.futures import Future as ConcurrentFuture
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import Context, copy_context
 from types import TracebackType
 from typing import Any, TypeVar
 
-from ._config import DispatcherConfig, check_timeout, resolve_config
-from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job
-from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
-from ._keys import KeysText, check_hashable, normalize_keys
-from ._stats import DispatcherStats
+from ._config import DispatcherConfig, check_timeout
+from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job, outcome_of
+from ._errors import DispatcherClosed, StartTimeout
+from ._keys import KeysText, normalize_keys
+from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncKeyedDispatcher"]
 
 _T = TypeVar("_T")
-
-logger = logging.getLogger("keyed_dispatch")
-_DEBUG = logging.DEBUG
 
 DEFAULT_MAX_CONCURRENCY = 100
 """Running coroutines at most when neither an argument, a ``config`` nor
@@ -112,7 +109,7 @@ class _JobFuture(asyncio.Future[_T]):
         return True
 
 
-class AsyncKeyedDispatcher:
+class AsyncKeyedDispatcher(Runner):
     """Run coroutine jobs on the event loop, one at a time and in order per key.
 
     The asyncio counterpart of :class:`KeyedDispatcher`, with the same
@@ -138,19 +135,10 @@ class AsyncKeyedDispatcher:
 
     Args:
         max_concurrency: coroutine jobs running at once, at most.
-        max_shards: keys with pending or running work at most. A submit on a
-            new key waits for a shard to free, then raises ShardsExhausted.
-        submit_timeout: seconds a submit waits for room (shards,
-            ``max_pending``) before raising; ``math.inf`` waits for ever.
-        start_timeout: seconds after admission after which a job that has
-            not started fails with StartTimeout instead of running; it fails
-            on time even while an earlier job of its key still runs.
-        max_pending: admitted jobs not yet started, at most (backpressure).
-        wait_warning: a job that waited this long to start is logged at
-            WARNING; None disables.
-        halt_on_error: a job that raises halts its keys: their pending and
-            later jobs fail with KeyHalted until :meth:`resume`.
-        config: the base settings instead of the environment's.
+        max_shards, submit_timeout, start_timeout, max_pending, wait_warning,
+            halt_on_error, config: as for :class:`KeyedDispatcher`; a start
+            deadline fails its job on time even while an earlier job of its
+            key still runs.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
@@ -171,25 +159,16 @@ class AsyncKeyedDispatcher:
     ) -> None:
         if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
             max_concurrency = DEFAULT_MAX_CONCURRENCY
-        self.config = resolve_config(
-            config,
-            max_workers=max_concurrency,
-            max_shards=max_shards,
-            submit_timeout=submit_timeout,
-            start_timeout=start_timeout,
-            max_pending=max_pending,
-            wait_warning=wait_warning,
-        )
-        if not isinstance(halt_on_error, bool):
-            raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
-        config = self.config
+        settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
+        super().__init__(config, halt_on_error, *settings)
+        config = self._config
+        # Read on every job: kept as attributes (the config is frozen).
         self._max = config.max_workers
         self._max_shards = config.max_shards
         self._max_pending = config.max_pending
         self._start_timeout = config.start_timeout
         self._wait_warning = config.wait_warning
         self._engine = Engine(halt_on_error=halt_on_error)
-        self._closed = False
         # Bound on first use (_bind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -209,12 +188,20 @@ class AsyncKeyedDispatcher:
         self._room_waiters: dict[asyncio.Future[None], None] = {}
         # aclose() calls waiting for the drain.
         self._drain_waiters: list[asyncio.Future[None]] = []
-        # Start deadlines in admission order; all jobs share start_timeout, so
-        # that is deadline order, and one timer for the head does.
-        self._deadlines: deque[Job] = deque()
+        # One timer, for the earliest start deadline.
+        self._deadlines = StartDeadlines()
         self._timer: asyncio.TimerHandle | None = None
 
     # -- loop binding --------------------------------------------------------
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        # The loop of the calling coroutine, which must be the bound one; the
+        # first call binds it.
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
+        return loop
 
     def _bind(self, running: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop:
         # Called when the running loop is not the bound one (or none is).
@@ -271,13 +258,7 @@ class AsyncKeyedDispatcher:
             DispatcherClosed: after :meth:`aclose`.
             RuntimeError: called from another loop than the bound one.
         """
-        if not callable(coro_fn):
-            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
-        try:
-            hash(key)
-        except TypeError:
-            check_hashable(key)
-        return await self._submit((key,), coro_fn, args, kwargs)
+        return await self._submit(one_key(key, coro_fn, "coro_fn"), coro_fn, args, kwargs)
 
     async def submit_multi(
         self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -295,9 +276,7 @@ class AsyncKeyedDispatcher:
             ShardsExhausted, SubmitTimeout, DispatcherClosed, RuntimeError:
                 as :meth:`submit`.
         """
-        if not callable(coro_fn):
-            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
-        return await self._submit(normalize_keys(keys), coro_fn, args, kwargs)
+        return await self._submit(many_keys(keys, coro_fn, "coro_fn"), coro_fn, args, kwargs)
 
     async def _submit(
         self,
@@ -306,10 +285,7 @@ class AsyncKeyedDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> asyncio.Future[_T]:
-        loop = self._loop
-        running = _get_running_loop()
-        if running is not loop or loop is None:
-            loop = self._bind(running)
+        loop = self._get_loop()
         future: _JobFuture[_T] = _JobFuture(loop=loop)
         job = Job(keys, fn, args, kwargs, future)
         future._kd_job = job
@@ -348,13 +324,7 @@ class AsyncKeyedDispatcher:
                 cancel_pending=True)`` cancelled the job before it started.
             TypeError, ShardsExhausted, SubmitTimeout: as :meth:`submit`.
         """
-        if not callable(coro_fn):
-            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
-        try:
-            hash(key)
-        except TypeError:
-            check_hashable(key)
-        return self._run((key,), coro_fn, args, kwargs)
+        return self._run(one_key(key, coro_fn, "coro_fn"), coro_fn, args, kwargs)
 
     def run_multi(
         self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -363,9 +333,7 @@ class AsyncKeyedDispatcher:
 
         :meth:`run` for several keys, with :meth:`submit_multi`'s admission.
         """
-        if not callable(coro_fn):
-            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
-        return self._run(normalize_keys(keys), coro_fn, args, kwargs)
+        return self._run(many_keys(keys, coro_fn, "coro_fn"), coro_fn, args, kwargs)
 
     async def _run(
         self,
@@ -374,25 +342,20 @@ class AsyncKeyedDispatcher:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> _T:
-        loop = self._loop
-        running = _get_running_loop()
-        if running is not loop or loop is None:
-            loop = self._bind(running)
+        loop = self._get_loop()
         task = _current_task(loop)
         holders = self._holders
         if task in holders:
-            raise self._held_error(holders[task], keys)
+            raise self._held_error(holders[task], keys, "task")
         job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None)
         engine = self._engine
-        max_pending = self._max_pending
         if (
             # The fast path of _admit_now, inlined: room for a new shard for
             # every key, a free slot and nothing runnable waiting for one.
             not self._closed
             and self._active < self._max
-            and not engine.ready
-            and len(engine.shards) + len(keys) <= self._max_shards
-            and (max_pending is None or engine.pending < max_pending)
+            and not engine.has_ready()
+            and engine.fits(keys, self._max_shards, self._max_pending)
         ):
             now = self._time()
             if engine.admit_started(job, now):
@@ -406,26 +369,14 @@ class AsyncKeyedDispatcher:
             # failed instead of starting (halted key) is already retired.
             if job.error is not None:
                 raise job.error
-            # self._await_turn(job, loop), inlined: one frame less per job.
-            waiter: asyncio.Future[None] = loop.create_future()
-            job.future = waiter
-            try:
-                await waiter
-            except CancelledError:
-                self._abandon(job, waiter)
-                raise
+            await self._await_turn(job, loop)
         elif job.error is not None:
             # Taken at once, on a halted key.
             self._active -= 1
             engine.release(job, FAILED)
             self._after_retire()
             raise job.error
-        waited = job.waited
-        if logger.isEnabledFor(_DEBUG):
-            logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
-        warn = self._wait_warning
-        if warn is not None and waited >= warn:
-            logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        log_start(keys, job.waited, self._wait_warning)
         if task is not None:
             holders[task] = keys
         try:
@@ -441,7 +392,7 @@ class AsyncKeyedDispatcher:
             del holders[task]
         self._active -= 1
         engine.release(job, COMPLETED)
-        if engine.ready or engine.ready_blocks or self._room_waiters or self._closed:
+        if self._room_waiters or self._closed or engine.has_runnable():
             self._after_retire()
         return result
 
@@ -476,12 +427,6 @@ class AsyncKeyedDispatcher:
             self._engine.release(job, CANCELLED)
             self._after_retire()
 
-    def _held_error(self, held: tuple[Hashable, ...], wanted: tuple[Hashable, ...]) -> RuntimeError:
-        return RuntimeError(
-            f"this task already holds keys {KeysText(held)} of this dispatcher; waiting for "
-            f"{KeysText(wanted)} here could deadlock. Submit one job or block with all the keys."
-        )
-
     # -- admission -----------------------------------------------------------
 
     def _admit_now(self, job: Job) -> bool:
@@ -490,14 +435,7 @@ class AsyncKeyedDispatcher:
         if self._closed:
             raise DispatcherClosed("the dispatcher is closed; it admits no new jobs")
         engine = self._engine
-        keys = job.keys
-        nshards = len(engine.shards)
-        max_pending = self._max_pending
-        if (max_pending is not None and engine.pending >= max_pending) or (
-            # The first test is a cheap bound that spares counting new keys
-            # while the pool is far from full.
-            nshards + len(keys) > self._max_shards and nshards + engine.new_shards(keys) > self._max_shards
-        ):
+        if not engine.fits(job.keys, self._max_shards, self._max_pending):
             return False
         now = self._time()
         if self._active < self._max:
@@ -506,11 +444,11 @@ class AsyncKeyedDispatcher:
                 if job.error is not None:
                     self._after_retire()  # it failed at once (halted key)
                 return True
-            if engine.ready or engine.ready_blocks:
+            if engine.has_runnable():
                 self._dispatch()
         else:
             engine.admit(job, now)
-            if engine.ready_blocks:
+            if engine.has_blocks():
                 self._dispatch()
         start_timeout = self._start_timeout
         if start_timeout is not None and job.state == QUEUED and job.fn is not None:
@@ -521,18 +459,15 @@ class AsyncKeyedDispatcher:
         # Await room for ``job`` (max_pending, max_shards), then admit it.
         # Nothing is admitted before that, so a timeout or a cancellation of
         # the awaiting task leaves no trace.
-        keys = job.keys
-        max_shards = self._max_shards
-        if len(keys) > max_shards:
-            raise ShardsExhausted(f"a job on {len(keys)} keys can never fit in max_shards={max_shards}")
+        self._check_can_fit(job.keys)
         loop = self._loop
         assert loop is not None
-        timeout = self.config.submit_timeout
+        timeout = self._config.submit_timeout
         deadline = self._time() + timeout
         waiters = self._room_waiters
         while True:
             if self._time() >= deadline:
-                self._raise_no_room(keys)
+                raise self._no_room(job.keys)
             waiter: asyncio.Future[None] = loop.create_future()
             waiters[waiter] = None
             timer = None if math.isinf(timeout) else loop.call_at(deadline, _wake, waiter)
@@ -544,16 +479,6 @@ class AsyncKeyedDispatcher:
                     timer.cancel()
             if self._admit_now(job):
                 return
-
-    def _raise_no_room(self, keys: tuple[Hashable, ...]) -> None:
-        engine = self._engine
-        config = self.config
-        if len(engine.shards) + engine.new_shards(keys) > config.max_shards:
-            logger.error("shard pool exhausted: %d shards", config.max_shards)
-            raise ShardsExhausted(
-                f"shard pool exhausted: {config.max_shards} shards stayed live for {config.submit_timeout}s"
-            )
-        raise SubmitTimeout(f"{config.max_pending} jobs stayed pending for {config.submit_timeout}s")
 
     def _wake_room(self) -> None:
         # Room may have freed (a job started or retired): every waiter
@@ -574,12 +499,12 @@ class AsyncKeyedDispatcher:
             time = self._time
             # Runnable exclusive blocks first: they take no slot, so they
             # must not wait behind jobs queued for one.
-            while engine.ready_blocks:
+            while engine.has_blocks():
                 block = engine.take_block(time())
                 if block is None:
                     break
                 self._start(block)
-            while engine.ready and self._active < self._max:
+            while self._active < self._max and engine.has_ready():
                 job = engine.take(time())
                 if job is None:
                     break
@@ -626,7 +551,7 @@ class AsyncKeyedDispatcher:
         # halted key): it must fail instead of running.
         error = job.error
         assert error is not None
-        outcome = TIMED_OUT if isinstance(error, StartTimeout) else FAILED
+        outcome = outcome_of(error)
         future = job.future
         if future is None:
             pass  # an inline caller in _run: it raises job.error itself
@@ -653,12 +578,7 @@ class AsyncKeyedDispatcher:
             args = job.args
             kwargs = job.kwargs
             job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-            waited = job.waited
-            if logger.isEnabledFor(_DEBUG):
-                logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), waited)
-            warn = self._wait_warning
-            if warn is not None and waited >= warn:
-                logger.warning("job for %s waited %.2fs", KeysText(job.keys), waited)
+            log_start(job.keys, job.waited, self._wait_warning)
             self._holders[task] = job.keys
             try:
                 result = await fn(*args, **kwargs)  # type: ignore[misc]
@@ -695,21 +615,21 @@ class AsyncKeyedDispatcher:
         self._active -= 1
         engine = self._engine
         engine.release(job, outcome, error)
-        if engine.ready or engine.ready_blocks:
+        if engine.has_runnable():
             self._dispatch()
         elif self._room_waiters:
             self._wake_room()
-        if self._closed and not (engine.pending or engine.running):
+        if self._closed and engine.idle():
             self._drained()
 
     def _after_retire(self) -> None:
         # A job left the queues without a slot changing hands.
         engine = self._engine
-        if engine.ready_blocks or (engine.ready and self._active < self._max):
+        if engine.has_blocks() or (self._active < self._max and engine.has_ready()):
             self._dispatch()
         elif self._room_waiters:
             self._wake_room()
-        if self._closed and not (engine.pending or engine.running):
+        if self._closed and engine.idle():
             self._drained()
 
     # -- cancellation and start deadlines ------------------------------------
@@ -729,42 +649,25 @@ class AsyncKeyedDispatcher:
             # Else its task has not taken its first step; it sees the cancel.
 
     def _add_deadline(self, job: Job, deadline: float) -> None:
-        job.deadline = deadline
-        deadlines = self._deadlines
-        # Started jobs at the front are dead weight; trimming them here
-        # keeps the deque about as long as the backlog.
-        while deadlines and deadlines[0].state != QUEUED:
-            deadlines.popleft()
-        deadlines.append(job)
-        if self._timer is None:
+        if self._deadlines.add(job, deadline) and self._timer is None:
             loop = self._loop
             assert loop is not None
             self._timer = loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
-        # The timer of the oldest start deadline fired. Fail every overdue
+        # The timer of the earliest start deadline fired. Fail every overdue
         # job, even one whose key is busy with an earlier job: a stale order
         # must not fire late.
         self._timer = None
-        now = self._time()
         deadlines = self._deadlines
-        expired = False
-        while deadlines:
-            job = deadlines[0]
-            if job.state == QUEUED:
-                if job.deadline > now:  # type: ignore[operator]
-                    break
-                self._kill_queued(
-                    job,
-                    TIMED_OUT,
-                    StartTimeout(f"job was not started within start_timeout={self._start_timeout}s"),
-                )
-                expired = True
-            deadlines.popleft()
-        if deadlines:
+        expired = deadlines.pop_due(self._time())
+        for job in expired:
+            self._kill_queued(job, TIMED_OUT, self._start_timeout_error())
+        due = deadlines.next_due()
+        if due is not None:
             loop = self._loop
             assert loop is not None
-            self._timer = loop.call_at(deadlines[0].deadline, self._expire)  # type: ignore[arg-type]
+            self._timer = loop.call_at(due, self._expire)
         if expired:
             self._after_retire()
 
@@ -811,14 +714,11 @@ class AsyncKeyedDispatcher:
         return _Exclusive(self, wanted, timeout)
 
     async def _enter_block(self, keys: tuple[Hashable, ...], timeout: float | None) -> tuple[Job, Any]:
-        loop = self._loop
-        running = _get_running_loop()
-        if running is not loop or loop is None:
-            loop = self._bind(running)
+        loop = self._get_loop()
         task = _current_task(loop)
         holders = self._holders
         if task in holders:
-            raise self._held_error(holders[task], keys)
+            raise self._held_error(holders[task], keys, "task")
         job = Job(keys, None, _NO_ARGS, _NO_KWARGS, None)
         if not self._admit_now(job):
             await self._admit_later(job)
@@ -833,12 +733,7 @@ class AsyncKeyedDispatcher:
             finally:
                 if timer is not None:
                     timer.cancel()
-        waited = job.waited
-        if logger.isEnabledFor(_DEBUG):
-            logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
-        warn = self._wait_warning
-        if warn is not None and waited >= warn:
-            logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        log_start(keys, job.waited, self._wait_warning)
         if task is not None:
             holders[task] = keys
         return job, task
@@ -863,58 +758,12 @@ class AsyncKeyedDispatcher:
 
     # -- control ---------------------------------------------------------------
 
-    def resume(self, key: Hashable) -> bool:
-        """Lift the halt of ``key`` (``halt_on_error=True``).
-
-        Jobs of the key that start afterwards run normally; jobs that failed
-        with KeyHalted stay failed.
-
-        Returns:
-            True if the key was halted.
-
-        Raises:
-            RuntimeError: called from another thread than the loop's.
-        """
-        check_hashable(key)
+    def _guard(self) -> AbstractContextManager[object]:
         self._check_thread()
-        return self._engine.resume(key)
+        return nullcontext()
 
-    def halted_keys(self) -> frozenset[Hashable]:
-        """The keys halted now by a failed job."""
-        self._check_thread()
-        return frozenset(self._engine.halted)
-
-    def stats(self) -> DispatcherStats:
-        """Return a snapshot of the dispatcher's state.
-
-        ``max_workers`` is ``max_concurrency``; ``workers`` counts the jobs
-        running now (``idle_workers`` is always 0); ``running`` also counts
-        ``exclusive`` blocks; ``cancelled`` also counts jobs cancelled while
-        running (asyncio can cancel a running job).
-
-        Raises:
-            RuntimeError: called from another thread than the loop's.
-        """
-        self._check_thread()
-        engine = self._engine
-        completed, failed, cancelled, timed_out = engine.outcomes
-        return DispatcherStats(
-            max_workers=self._max,
-            workers=self._active,
-            idle_workers=0,
-            active_shards=len(engine.shards),
-            max_shards=self._max_shards,
-            pending=engine.pending,
-            running=engine.running,
-            submitted=engine.submitted,
-            completed=completed,
-            failed=failed,
-            cancelled=cancelled,
-            timed_out=timed_out,
-            halted_keys=len(engine.halted),
-            max_wait_s=engine.max_wait,
-            closed=self._closed,
-        )
+    def _workers(self) -> tuple[int, int]:
+        return self._active, 0
 
     def submit_threadsafe(
         self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -937,9 +786,7 @@ class AsyncKeyedDispatcher:
             DispatcherClosed: the dispatcher is closed.
             TypeError: ``key`` is unhashable or ``coro_fn`` is not callable.
         """
-        if not callable(coro_fn):
-            raise TypeError(f"coro_fn must be callable, got {type(coro_fn).__name__}")
-        check_hashable(key)
+        keys = one_key(key, coro_fn, "coro_fn")
         loop = self._loop
         if loop is None:
             raise RuntimeError(
@@ -948,7 +795,7 @@ class AsyncKeyedDispatcher:
             )
         if self._closed:
             raise DispatcherClosed("the dispatcher is closed; it admits no new jobs")
-        coro = self._run((key,), coro_fn, args, kwargs)
+        coro = self._run(keys, coro_fn, args, kwargs)
         try:
             return asyncio.run_coroutine_threadsafe(coro, loop)
         except RuntimeError:
@@ -971,10 +818,7 @@ class AsyncKeyedDispatcher:
             RuntimeError: called from inside a job or block of this
                 dispatcher (it would wait for itself), or from another loop.
         """
-        loop = self._loop
-        running = _get_running_loop()
-        if running is not loop or loop is None:
-            loop = self._bind(running)
+        loop = self._get_loop()
         task = _current_task(loop)
         if task is not None and (task in self._holders or task in self._tasks):
             raise RuntimeError("aclose() inside a job of this dispatcher would wait for itself")
@@ -995,7 +839,7 @@ class AsyncKeyedDispatcher:
         # Submitters waiting for room must learn that it will not come.
         self._wake_room()
         self._after_retire()
-        if not (engine.pending or engine.running):
+        if engine.idle():
             self._drained()
             return
         waiter: asyncio.Future[None] = loop.create_future()
@@ -1018,9 +862,7 @@ class AsyncKeyedDispatcher:
         self._drain_waiters.clear()
 
     async def __aenter__(self) -> AsyncKeyedDispatcher:
-        running = _get_running_loop()
-        if running is not self._loop or running is None:
-            self._bind(running)
+        self._get_loop()
         return self
 
     async def __aexit__(
@@ -1032,7 +874,7 @@ class AsyncKeyedDispatcher:
         state = "closed" if self._closed else "open"
         return (
             f"<AsyncKeyedDispatcher {state} running={self._active}/{self._max} "
-            f"shards={len(self._engine.shards)}>"
+            f"shards={self._engine.live_keys()}>"
         )
 
 

@@ -44,8 +44,8 @@ from ._demo_exchange import FakeExchange
 from ._demo_locks import WebhookLockManager
 from ._demo_store import OrderStore
 from ._demo_webhooks import LimitOrder, Webhook, WebhookHandler, audit
-from ._dispatcher import KeyedDispatcher
 from ._keys import WebhookKey, webhook_key
+from ._thread import KeyedDispatcher
 
 __all__ = [
     "MODES",

@@ -1,7 +1,7 @@
 """The ordering engine: per-key queues, readiness and retirement of jobs.
 
 This module decides *which* job may start; it runs nothing and owns no
-thread. Two runners drive it: the thread pool of ``_dispatcher.py`` and the
+thread. Two runners drive it: the thread pool of ``_thread.py`` and the
 event loop of ``_asyncio.py``. Every method must be called with the runner's
 lock held (the thread runner's ``_lock``; the asyncio runner is confined to
 its loop's thread, which serializes it the same way).
@@ -51,9 +51,22 @@ from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from ._config import DispatcherConfig
 from ._errors import KeyHalted, StartTimeout
+from ._stats import DispatcherStats
 
-__all__ = ["CANCELLED", "COMPLETED", "FAILED", "HOT_BATCH", "TIMED_OUT", "Engine", "Job"]
+__all__ = [
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "HOT_BATCH",
+    "QUEUED",
+    "RUNNING",
+    "TIMED_OUT",
+    "Engine",
+    "Job",
+    "outcome_of",
+]
 
 # Job states (ints: compared on the hot path).
 QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
@@ -70,6 +83,11 @@ COMPLETED = 0
 FAILED = 1
 CANCELLED = 2
 TIMED_OUT = 3
+
+
+def outcome_of(error: BaseException) -> int:
+    """The outcome of a job taken with ``error`` set (see Engine.take)."""
+    return TIMED_OUT if isinstance(error, StartTimeout) else FAILED
 
 
 class Job:
@@ -133,44 +151,44 @@ class Engine:
     """
 
     __slots__ = (
-        "halt_on_error",
-        "halted",
-        "max_wait",
-        "next_seq",
-        "outcomes",
-        "pending",
-        "ready",
-        "ready_blocks",
-        "running",
-        "shards",
-        "submitted",
+        "_halt_on_error",
+        "_halted",
+        "_max_wait",
+        "_next_seq",
+        "_outcomes",
+        "_pending",
+        "_ready",
+        "_ready_blocks",
+        "_running",
+        "_shards",
+        "_submitted",
     )
 
     def __init__(self, *, halt_on_error: bool) -> None:
         # A key's shard: the job itself while it is the key's only one (no
         # deque for the common case: a deque costs ~600 bytes), else a deque.
-        self.shards: dict[Hashable, Job | deque[Job]] = {}
+        self._shards: dict[Hashable, Job | deque[Job]] = {}
         # (seq, job) entries: tuples compare in C, cheaper than Job.__lt__.
-        self.ready: list[tuple[float, Job]] = []
+        self._ready: list[tuple[float, Job]] = []
         # Runnable exclusive blocks (fn is None) wait here instead of in
         # ``ready``: they run in their caller's thread, so they must not
         # queue for a worker behind jobs (take_block).
-        self.ready_blocks: list[Job] = []
-        self.next_seq = 0
-        self.pending = 0  # live jobs not started
-        self.running = 0  # jobs taken and not yet released
-        self.submitted = 0
+        self._ready_blocks: list[Job] = []
+        self._next_seq = 0
+        self._pending = 0  # live jobs not started
+        self._running = 0  # jobs taken and not yet released
+        self._submitted = 0
         # completed, failed, cancelled, timed_out; indexed by outcome.
-        self.outcomes = [0, 0, 0, 0]
-        self.max_wait = 0.0
-        self.halt_on_error = halt_on_error
-        self.halted: dict[Hashable, BaseException] = {}
+        self._outcomes = [0, 0, 0, 0]
+        self._max_wait = 0.0
+        self._halt_on_error = halt_on_error
+        self._halted: dict[Hashable, BaseException] = {}
 
     # -- admission ---------------------------------------------------------
 
     def new_shards(self, keys: tuple[Hashable, ...]) -> int:
         """How many of ``keys`` have no live shard (would need a new one)."""
-        shards = self.shards
+        shards = self._shards
         return sum(1 for key in keys if key not in shards)
 
     def admit(self, job: Job, now: float) -> None:
@@ -179,21 +197,21 @@ class Engine:
         The job becomes runnable (pushed on ``ready``) if it heads every
         shard. Keys must be hashable and free of duplicates.
         """
-        self.pending += 1
+        self._pending += 1
         if not self._place(job, now):
             if job.fn is None:
-                self.ready_blocks.append(job)
+                self._ready_blocks.append(job)
             else:
-                heapq.heappush(self.ready, (job.seq, job))
+                heapq.heappush(self._ready, (job.seq, job))
 
     def _place(self, job: Job, now: float) -> int:
         # Number the job and append it to each of its keys' shards; returns
         # (and records) the shards it does not head.
-        job.seq = seq = self.next_seq
-        self.next_seq = seq + 1
+        job.seq = seq = self._next_seq
+        self._next_seq = seq + 1
         job.admitted = now
         blockers = 0
-        shards = self.shards
+        shards = self._shards
         for key in job.keys:
             shard = shards.get(key)
             if shard is None:
@@ -205,13 +223,13 @@ class Engine:
                     shards[key] = deque((shard, job))
                 blockers += 1
         job.blockers = blockers
-        self.submitted += 1
+        self._submitted += 1
         return blockers
 
     def _pop_head(self, key: Hashable) -> deque[Job] | None:
         # Remove the head of ``key``'s shard; return the rest, or None (and
         # drop the shard) if nothing is left.
-        shards = self.shards
+        shards = self._shards
         shard = shards[key]
         if isinstance(shard, deque):
             shard.popleft()
@@ -221,7 +239,7 @@ class Engine:
         if not shards:
             # A dict never shrinks: let a drained table go, so that idle
             # keys cost nothing after a burst of many keys.
-            self.shards = {}
+            self._shards = {}
         return None
 
     def admit_started(self, job: Job, now: float) -> bool:
@@ -234,15 +252,15 @@ class Engine:
         the job is admitted as by ``admit`` and False is returned. The
         asyncio runner's fast path: an uncontended job skips the heap.
         """
-        if self.ready:
+        if self._ready:
             self.admit(job, now)
             return False
         if self._place(job, now):
-            self.pending += 1
+            self._pending += 1
             return False
         job.state = RUNNING
-        self.running += 1
-        if self.halted:
+        self._running += 1
+        if self._halted:
             self._check_halted(job)
         return True
 
@@ -255,7 +273,7 @@ class Engine:
         (so that its runner retires it through ``release``), with ``error``
         set to the exception its future must fail with; it must not run.
         """
-        ready = self.ready
+        ready = self._ready
         while ready:
             job = heapq.heappop(ready)[1]
             if job.state == QUEUED:
@@ -265,14 +283,14 @@ class Engine:
 
     def _start(self, job: Job, now: float) -> Job:
         job.state = RUNNING
-        self.pending -= 1
-        self.running += 1
+        self._pending -= 1
+        self._running += 1
         job.waited = waited = now - job.admitted
-        if waited > self.max_wait:
-            self.max_wait = waited
+        if waited > self._max_wait:
+            self._max_wait = waited
         if job.deadline is not None and now > job.deadline:
             job.error = StartTimeout(f"job was not started within its start timeout (waited {waited:.3f}s)")
-        elif self.halted:
+        elif self._halted:
             self._check_halted(job)
         return job
 
@@ -285,14 +303,14 @@ class Engine:
         the one ``take`` would make.
         """
         keys = job.keys
-        if len(keys) != 1 or (outcome == FAILED and self.halt_on_error):
+        if len(keys) != 1 or (outcome == FAILED and self._halt_on_error):
             self.release(job, outcome, error)
             return self.take(now)
-        self.running -= 1
+        self._running -= 1
         job.state = DONE
-        self.outcomes[outcome] += 1
+        self._outcomes[outcome] += 1
         key = keys[0]
-        shards = self.shards
+        shards = self._shards
         shard = shards[key]
         if isinstance(shard, deque):
             shard.popleft()
@@ -300,8 +318,8 @@ class Engine:
             # _pop_head(key), inlined on the hot path: the key is idle now.
             del shards[key]
             if not shards:
-                self.shards = {}
-            return self.take(now) if self.ready else None
+                self._shards = {}
+            return self.take(now) if self._ready else None
         if isinstance(shard, deque):
             head = shard[0]
             if head.state == QUEUED and head.blockers == 1 and head.fn is not None:
@@ -309,7 +327,7 @@ class Engine:
                 # ready_blocks). Run it here if take() would pick it: nothing
                 # waits, or it is the oldest runnable job and its key has
                 # not used up its batch ahead of the waiting ones.
-                ready = self.ready
+                ready = self._ready
                 if not ready:
                     head.blockers = 0
                     head.streak = 0
@@ -329,7 +347,7 @@ class Engine:
         runnable, ahead of the jobs in ``ready``. ``error`` is set (KeyHalted)
         when the block must fail instead of running.
         """
-        blocks = self.ready_blocks
+        blocks = self._ready_blocks
         while blocks:
             job = blocks.pop()
             if job.state == QUEUED:
@@ -339,7 +357,7 @@ class Engine:
 
     def _check_halted(self, job: Job) -> None:
         for key in job.keys:
-            cause = self.halted.get(key)
+            cause = self._halted.get(key)
             if cause is not None:
                 error = KeyHalted(key)
                 error.__cause__ = cause
@@ -354,12 +372,12 @@ class Engine:
         ``error`` is the job's own exception when ``outcome`` is FAILED; with
         ``halt_on_error`` it halts the job's keys.
         """
-        self.running -= 1
+        self._running -= 1
         job.state = DONE
-        self.outcomes[outcome] += 1
-        if outcome == FAILED and self.halt_on_error and error is not None:
+        self._outcomes[outcome] += 1
+        if outcome == FAILED and self._halt_on_error and error is not None:
             for key in job.keys:
-                self.halted[key] = error
+                self._halted[key] = error
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
@@ -379,9 +397,9 @@ class Engine:
         if job.state != QUEUED:
             return False
         job.state = DEAD
-        self.pending -= 1
-        self.outcomes[outcome] += 1
-        shards = self.shards
+        self._pending -= 1
+        self._outcomes[outcome] += 1
+        shards = self._shards
         for key in job.keys:
             shard = shards[key]
             if shard is job or (isinstance(shard, deque) and shard[0] is job):
@@ -403,9 +421,9 @@ class Engine:
             head.blockers -= 1
             if not head.blockers:
                 if head.fn is None:
-                    self.ready_blocks.append(head)
+                    self._ready_blocks.append(head)
                     return
-                ready = self.ready
+                ready = self._ready
                 while ready and ready[0][1].state != QUEUED:
                     heapq.heappop(ready)  # killed while runnable
                 if not ready or head.seq > ready[0][0]:
@@ -419,17 +437,79 @@ class Engine:
                 heapq.heappush(ready, (head.seq, head))
             return
         # Only dead jobs were left: the key is idle.
-        shards = self.shards
+        shards = self._shards
         del shards[key]
         if not shards:
-            self.shards = {}
+            self._shards = {}
 
     # -- introspection -----------------------------------------------------
+    # Runners read the engine's state only through these: its fields are its
+    # own. Each is O(1) unless it says otherwise.
+
+    def fits(self, keys: tuple[Hashable, ...], max_shards: int, max_pending: int | None) -> bool:
+        """Whether a job on ``keys`` can be admitted under these bounds now."""
+        if max_pending is not None and self._pending >= max_pending:
+            return False
+        nshards = len(self._shards)
+        # The first test is a cheap bound that spares counting new keys
+        # while the pool is far from full.
+        return nshards + len(keys) <= max_shards or nshards + self.new_shards(keys) <= max_shards
+
+    def shards_full(self, keys: tuple[Hashable, ...], max_shards: int) -> bool:
+        """Whether ``keys`` need more new shards than ``max_shards`` leaves (O(keys))."""
+        return len(self._shards) + self.new_shards(keys) > max_shards
+
+    def has_ready(self) -> bool:
+        """Whether a job is runnable and waits for a worker."""
+        return bool(self._ready)
+
+    def has_blocks(self) -> bool:
+        """Whether an ``exclusive`` block is runnable and waits for its grant."""
+        return bool(self._ready_blocks)
+
+    def has_runnable(self) -> bool:
+        """Whether a job or a block is runnable."""
+        return bool(self._ready or self._ready_blocks)
+
+    def idle(self) -> bool:
+        """Whether no admitted job is left (none pending, none running)."""
+        return not (self._pending or self._running)
+
+    def live_keys(self) -> int:
+        """How many keys have pending or running work (live shards)."""
+        return len(self._shards)
+
+    def halted_keys(self) -> frozenset[Hashable]:
+        """The keys halted now."""
+        return frozenset(self._halted)
+
+    def stats(
+        self, config: DispatcherConfig, *, workers: int, idle_workers: int, closed: bool
+    ) -> DispatcherStats:
+        """A snapshot of the engine's counters, with the runner's own figures."""
+        completed, failed, cancelled, timed_out = self._outcomes
+        return DispatcherStats(
+            max_workers=config.max_workers,
+            workers=workers,
+            idle_workers=idle_workers,
+            active_shards=len(self._shards),
+            max_shards=config.max_shards,
+            pending=self._pending,
+            running=self._running,
+            submitted=self._submitted,
+            completed=completed,
+            failed=failed,
+            cancelled=cancelled,
+            timed_out=timed_out,
+            halted_keys=len(self._halted),
+            max_wait_s=self._max_wait,
+            closed=closed,
+        )
 
     def queued_jobs(self) -> list[Job]:
         """Every live job not started yet, oldest first."""
         seen: dict[int, Job] = {}
-        for shard in self.shards.values():
+        for shard in self._shards.values():
             for job in shard if isinstance(shard, deque) else (shard,):
                 if job.state == QUEUED:
                     seen[id(job)] = job
@@ -437,4 +517,4 @@ class Engine:
 
     def resume(self, key: Hashable) -> bool:
         """Lift a halt; True if ``key`` was halted."""
-        return self.halted.pop(key, None) is not None
+        return self._halted.pop(key, None) is not None

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-import keyed_dispatch._dispatcher as dispatcher_module
+import keyed_dispatch._thread as dispatcher_module
 from keyed_dispatch import DispatcherClosed, DispatcherConfig, KeyedDispatcher
 from tests.helpers import WAIT, Gates, MakeDispatcher, settle, threads_named, wait_until
 

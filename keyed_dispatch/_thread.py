@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
-from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig, check_timeout, resolve_config
-from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job
-from ._errors import DispatcherClosed, ShardsExhausted, StartTimeout, SubmitTimeout
+from ._config import DispatcherConfig, check_timeout
+from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job, outcome_of
+from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
-from ._stats import DispatcherStats
+from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
 if TYPE_CHECKING:
     # Imported by the async methods themselves: a thread-only program does
@@ -31,8 +29,6 @@ __all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture"]
 
 _T = TypeVar("_T")
 
-logger = logging.getLogger("keyed_dispatch")
-_DEBUG = logging.DEBUG
 _monotonic = time.monotonic
 _yield_gil = partial(time.sleep, 0)
 
@@ -96,7 +92,7 @@ class _Worker:
         self.holding: tuple[Hashable, ...] = ()
 
 
-class KeyedDispatcher:
+class KeyedDispatcher(Runner):
     """Run jobs on a thread pool, one at a time and in order per key.
 
     Jobs that share a key never overlap and start in admission order (the
@@ -145,23 +141,20 @@ class KeyedDispatcher:
         name: str = "keyed-dispatch",
         config: DispatcherConfig | None = None,
     ) -> None:
-        self.config = resolve_config(
+        super().__init__(
             config,
-            max_workers=max_workers,
-            max_shards=max_shards,
-            submit_timeout=submit_timeout,
-            start_timeout=start_timeout,
-            max_pending=max_pending,
-            wait_warning=wait_warning,
+            halt_on_error,
+            max_workers,
+            max_shards,
+            submit_timeout,
+            start_timeout,
+            max_pending,
+            wait_warning,
         )
-        if not isinstance(halt_on_error, bool):
-            raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self._name = name
-        self._halt_on_error = halt_on_error
         self._local = threading.local()
-        self._closed = False
         self._init_state()
         _live_dispatchers.add(self)
 
@@ -185,9 +178,7 @@ class KeyedDispatcher:
         self._exiting: list[threading.Thread] = []
         self._nworkers = 0
         self._spawned = 0
-        # Start deadlines in admission order; all jobs share start_timeout,
-        # so the order is also deadline order and a deque does for a heap.
-        self._deadlines: deque[Job] = deque()
+        self._deadlines = StartDeadlines()
         self._timer: threading.Thread | None = None
 
     # -- submission --------------------------------------------------------
@@ -210,13 +201,7 @@ class KeyedDispatcher:
             SubmitTimeout: ``max_pending`` jobs stayed queued too long.
             DispatcherClosed: after :meth:`shutdown`.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        try:
-            hash(key)
-        except TypeError:
-            check_hashable(key)
-        return self._submit((key,), fn, args, kwargs)
+        return self._submit(one_key(key, fn, "fn"), fn, args, kwargs)
 
     def submit_multi(
         self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
@@ -234,9 +219,7 @@ class KeyedDispatcher:
                 ``fn`` is not callable.
             ShardsExhausted, SubmitTimeout, DispatcherClosed: as :meth:`submit`.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        return self._submit(normalize_keys(keys), fn, args, kwargs)
+        return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs)
 
     def _submit(
         self,
@@ -255,7 +238,7 @@ class KeyedDispatcher:
         job = Job(keys, fn, args, kwargs, future)
         future._kd_job = job
         future._kd_owner = self
-        config = self.config
+        config = self._config
         engine = self._engine
         spawn: list[Job] | None = None
         lock = self._lock
@@ -264,13 +247,7 @@ class KeyedDispatcher:
         try:
             if self._closed:
                 raise DispatcherClosed("the dispatcher is shut down; it admits no new jobs")
-            nshards = len(engine.shards)
-            if (config.max_pending is not None and engine.pending >= config.max_pending) or (
-                # The first test is a cheap bound that spares counting new
-                # keys while the pool is far from full.
-                nshards + len(keys) > config.max_shards
-                and nshards + engine.new_shards(keys) > config.max_shards
-            ):
+            if not engine.fits(keys, config.max_shards, config.max_pending):
                 if not wait:
                     raise _NoRoomError
                 self._wait_for_room_locked(keys, abort)
@@ -278,7 +255,7 @@ class KeyedDispatcher:
                 raise _NoRoomError
             now = _monotonic()
             idle = self._idle
-            if idle and fn is not None and not engine.ready:
+            if idle and fn is not None and not engine.has_ready():
                 # The fast path of an idle pool: a job that can start now
                 # goes straight to an idle worker, without the ready heap.
                 if engine.admit_started(job, now):
@@ -290,7 +267,7 @@ class KeyedDispatcher:
                 engine.admit(job, now)
             if fn is not None and config.start_timeout is not None and job.state == QUEUED:
                 self._add_deadline_locked(job, now + config.start_timeout)
-            if engine.ready or engine.ready_blocks:
+            if engine.has_runnable():
                 spawn = self._dispatch_locked()
         finally:
             lock.release()
@@ -302,29 +279,18 @@ class KeyedDispatcher:
         # Caller holds the lock. Waits (releasing it) until the job fits
         # under max_pending and max_shards, or raises. Nothing is admitted
         # before this returns, so a timeout leaves no trace.
-        config = self.config
+        config = self._config
         engine = self._engine
-        if len(keys) > config.max_shards:
-            raise ShardsExhausted(
-                f"a job on {len(keys)} keys can never fit in max_shards={config.max_shards}"
-            )
+        self._check_can_fit(keys)
         deadline = _monotonic() + config.submit_timeout
         while True:
             if abort is not None and abort.is_set():
                 raise _NoRoomError
-            pending_full = config.max_pending is not None and engine.pending >= config.max_pending
-            shards_full = len(engine.shards) + engine.new_shards(keys) > config.max_shards
-            if not (pending_full or shards_full):
+            if engine.fits(keys, config.max_shards, config.max_pending):
                 return
             remaining = deadline - _monotonic()
             if remaining <= 0:
-                if shards_full:
-                    logger.error("shard pool exhausted: %d shards", config.max_shards)
-                    raise ShardsExhausted(
-                        f"shard pool exhausted: {config.max_shards} shards stayed live "
-                        f"for {config.submit_timeout}s"
-                    )
-                raise SubmitTimeout(f"{config.max_pending} jobs stayed pending for {config.submit_timeout}s")
+                raise self._no_room(keys)
             self._room_waiters += 1
             try:
                 self._room.wait(None if math.isinf(remaining) else remaining)
@@ -355,18 +321,13 @@ class KeyedDispatcher:
         Raises:
             As :meth:`submit`.
         """
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        check_hashable(key)
-        return await self._submit_async((key,), fn, args, kwargs)
+        return await self._submit_async(one_key(key, fn, "fn"), fn, args, kwargs)
 
     async def submit_multi_async(
         self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
     ) -> asyncio.Future[_T]:
         """:meth:`submit_multi` for async code (see :meth:`submit_async`)."""
-        if not callable(fn):
-            raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-        return await self._submit_async(normalize_keys(keys), fn, args, kwargs)
+        return await self._submit_async(many_keys(keys, fn, "fn"), fn, args, kwargs)
 
     async def run_async(self, key: Hashable, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
         """Run ``fn(*args, **kwargs)`` on ``key`` and return its result, from a coroutine.
@@ -445,12 +406,12 @@ class KeyedDispatcher:
         # jobs that need a new thread (started by the caller, after
         # releasing the lock: starting a thread is slow).
         engine = self._engine
-        if engine.ready_blocks:
+        if engine.has_blocks():
             self._grant_blocks_locked()
         idle = self._idle
         spawn: list[Job] | None = None
-        while engine.ready:
-            if not idle and self._nworkers >= self.config.max_workers:
+        while engine.has_ready():
+            if not idle and self._nworkers >= self._config.max_workers:
                 break
             # Taking a job makes no block runnable: the grant above holds.
             job = engine.take(_monotonic())
@@ -535,7 +496,7 @@ class KeyedDispatcher:
         engine = self._engine
         finish = engine.finish
         idle = self._idle
-        config = self.config
+        config = self._config
         max_workers = config.max_workers
         self._worker_threads[threading.get_ident()] = worker
         try:
@@ -581,13 +542,9 @@ class KeyedDispatcher:
                     outcome = CANCELLED
                 elif job.error is not None:
                     future.set_exception(job.error)
-                    outcome = TIMED_OUT if isinstance(job.error, StartTimeout) else FAILED
+                    outcome = outcome_of(job.error)
                 else:
-                    if logger.isEnabledFor(_DEBUG):
-                        logger.debug("started job for %s (waited %.2fs)", KeysText(job.keys), job.waited)
-                    warn = config.wait_warning
-                    if warn is not None and job.waited >= warn:
-                        logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
+                    log_start(job.keys, job.waited, config.wait_warning)
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
@@ -607,14 +564,14 @@ class KeyedDispatcher:
                 try:
                     job = finish(job, outcome, error, _monotonic())
                     error = None
-                    if engine.ready_blocks:
+                    if engine.has_blocks():
                         self._grant_blocks_locked()
-                    if engine.ready and (idle or self._nworkers < max_workers):
+                    if engine.has_ready() and (idle or self._nworkers < max_workers):
                         spawn = self._dispatch_locked()
                     if self._room_waiters:
                         self._room.notify_all()
                     if job is None:
-                        if self._closed and not (engine.pending or engine.running):
+                        if self._closed and engine.idle():
                             self._drained_locked()
                             self._exit_locked()
                             return
@@ -667,28 +624,22 @@ class KeyedDispatcher:
             self._room.notify_all()
         engine = self._engine
         spawn: list[Job] | None = None
-        if engine.ready or engine.ready_blocks:
+        if engine.has_runnable():
             spawn = self._dispatch_locked()
         # Checked after the dispatch: granting a block whose caller has just
         # cancelled it retires it there, and it may have been the last job.
-        if self._closed and not (engine.pending or engine.running):
+        if self._closed and engine.idle():
             self._drained_locked()
         return spawn
 
     def _add_deadline_locked(self, job: Job, deadline: float) -> None:
-        job.deadline = deadline
-        deadlines = self._deadlines
-        # Started jobs at the front are dead weight; trimming them here keeps
-        # the deque about as long as the backlog.
-        while deadlines and deadlines[0].state != QUEUED:
-            deadlines.popleft()
-        deadlines.append(job)
+        earliest = self._deadlines.add(job, deadline)
         if self._timer is None:
             self._timer = threading.Thread(
                 target=self._expire_loop, name=f"{self._name}_deadlines", daemon=True
             )
             self._timer.start()
-        elif len(deadlines) == 1:
+        elif earliest:
             self._timer_cond.notify()
 
     def _expire_loop(self) -> None:
@@ -700,49 +651,39 @@ class KeyedDispatcher:
         deadlines = self._deadlines
         engine = self._engine
         while True:
-            expired: list[Job] = []
+            expired: list[Future[Any]] = []
             with lock:
                 while True:
-                    while deadlines and deadlines[0].state != QUEUED:
-                        deadlines.popleft()
-                    if self._closed and not (engine.pending or engine.running):
+                    if self._closed and engine.idle():
                         # ``_timer`` stays set: shutdown joins this thread.
                         return
-                    if not deadlines:
+                    due = deadlines.next_due()
+                    if due is None:
                         self._timer_cond.wait()
                         continue
                     now = _monotonic()
-                    delay = deadlines[0].deadline - now  # type: ignore[operator]
-                    if delay > 0:
-                        self._timer_cond.wait(delay)
+                    if due > now:
+                        self._timer_cond.wait(due - now)
                         continue
-                    while deadlines and deadlines[0].deadline <= now:  # type: ignore[operator]
-                        job = deadlines.popleft()
-                        if engine.kill(job, TIMED_OUT):
-                            expired.append(job)
+                    for job in deadlines.pop_due(now):
+                        future = job.future
+                        job.future = None
+                        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+                        # Marking the future running first settles a race
+                        # with its cancel(): from here on it cannot be
+                        # cancelled, and if it was, this call wakes its
+                        # waiters (see KeyedFuture) and it counts as such.
+                        if future.set_running_or_notify_cancel():
+                            engine.kill(job, TIMED_OUT)
+                            expired.append(future)
+                        else:
+                            engine.kill(job, CANCELLED)
                     break
                 spawn = self._after_retire_locked()
             if spawn:
                 self._spawn(spawn)
-            for job in expired:
-                self._fail_expired(job)
-
-    def _fail_expired(self, job: Job) -> None:
-        future = job.future
-        job.future = None
-        job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-        try:
-            future.set_exception(
-                StartTimeout(f"job was not started within start_timeout={self.config.start_timeout}s")
-            )
-        except InvalidStateError:
-            # The caller cancelled it between our kill and now; the kill
-            # already took it out of the queues. Count it as cancelled, and
-            # wake wait()/as_completed() (the cancel did not: see KeyedFuture).
-            with self._lock:
-                self._engine.outcomes[TIMED_OUT] -= 1
-                self._engine.outcomes[CANCELLED] += 1
-            future.set_running_or_notify_cancel()
+            for future in expired:
+                future.set_exception(self._start_timeout_error())
 
     # -- exclusive blocks ----------------------------------------------------
 
@@ -773,11 +714,7 @@ class KeyedDispatcher:
         check_timeout("timeout", timeout)
         held = self._held_keys()
         if held is not None:
-            raise RuntimeError(
-                f"this thread already holds keys {KeysText(held)} of this dispatcher (in a job or an "
-                f"exclusive block); waiting for {KeysText(wanted)} here could deadlock. Submit a job "
-                f"instead, or hold all the keys in one exclusive() call."
-            )
+            raise self._held_error(held, wanted, "thread")
         engine = self._engine
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
@@ -795,12 +732,7 @@ class KeyedDispatcher:
             raise DispatcherClosed("the dispatcher was shut down before the block's turn came") from None
         job = future._kd_job
         assert job is not None
-        waited = job.waited
-        if logger.isEnabledFor(_DEBUG):
-            logger.debug("started job for %s (waited %.2fs)", KeysText(wanted), waited)
-        warn = self.config.wait_warning
-        if warn is not None and waited >= warn:
-            logger.warning("job for %s waited %.2fs", KeysText(wanted), waited)
+        log_start(wanted, job.waited, self._config.wait_warning)
         self._local.keys = wanted
         outcome, error = COMPLETED, None
         try:
@@ -837,46 +769,11 @@ class KeyedDispatcher:
         check_hashable(key)
         return KeyExecutor(self, key)
 
-    def resume(self, key: Hashable) -> bool:
-        """Lift the halt of ``key`` (``halt_on_error=True``).
+    def _guard(self) -> threading.Lock:
+        return self._lock
 
-        Jobs of the key that start afterwards run normally; jobs that failed
-        with KeyHalted stay failed.
-
-        Returns:
-            True if the key was halted.
-        """
-        check_hashable(key)
-        with self._lock:
-            return self._engine.resume(key)
-
-    def halted_keys(self) -> frozenset[Hashable]:
-        """The keys halted now by a failed job."""
-        with self._lock:
-            return frozenset(self._engine.halted)
-
-    def stats(self) -> DispatcherStats:
-        """Return a consistent snapshot of the dispatcher's state."""
-        with self._lock:
-            engine = self._engine
-            completed, failed, cancelled, timed_out = engine.outcomes
-            return DispatcherStats(
-                max_workers=self.config.max_workers,
-                workers=self._nworkers,
-                idle_workers=len(self._idle),
-                active_shards=len(engine.shards),
-                max_shards=self.config.max_shards,
-                pending=engine.pending,
-                running=engine.running,
-                submitted=engine.submitted,
-                completed=completed,
-                failed=failed,
-                cancelled=cancelled,
-                timed_out=timed_out,
-                halted_keys=len(engine.halted),
-                max_wait_s=engine.max_wait,
-                closed=self._closed,
-            )
+    def _workers(self) -> tuple[int, int]:
+        return self._nworkers, len(self._idle)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop admitting jobs; optionally cancel the queued ones; drain.
@@ -896,8 +793,7 @@ class KeyedDispatcher:
         with self._lock:
             self._closed = True
             queued = self._engine.queued_jobs() if cancel_pending else []
-            engine = self._engine
-            if not (engine.pending or engine.running):
+            if self._engine.idle():
                 self._drained_locked()
             # Submitters waiting for room must learn that it will not come.
             self._room.notify_all()
@@ -908,7 +804,7 @@ class KeyedDispatcher:
         if not wait:
             return
         with self._lock:
-            while self._engine.pending or self._engine.running:
+            while not self._engine.idle():
                 self._drained.wait()
             threads = [*self._threads, *self._exiting]
             timer = self._timer
@@ -939,7 +835,7 @@ class KeyedDispatcher:
         state = "closed" if self._closed else "open"
         return (
             f"<KeyedDispatcher {self._name!r} {state} workers={self._nworkers}/"
-            f"{self.config.max_workers} shards={len(self._engine.shards)}>"
+            f"{self._config.max_workers} shards={self._engine.live_keys()}>"
         )
 
     def _reset_after_fork(self) -> None:
