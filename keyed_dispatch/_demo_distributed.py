@@ -64,7 +64,7 @@ from ._demo import Burst, DemoOptions, ModeResult, Progress, _percentile
 from ._demo_exchange import ExchangeError, ExchangeOrder, FakeExchange
 from ._demo_store import OrderRow
 from ._demo_webhooks import ProcessingLog, Webhook, WebhookHandler, audit, parse_webhook
-from .postgres import EmbeddedPostgres, JobFailed, PostgresDispatcher, current_job, key_text
+from .postgres import EmbeddedPostgres, JobFailed, PostgresDispatcher, current_job, job_function, key_text
 from .postgres._schema import check_schema_name
 
 __all__ = [
@@ -386,6 +386,7 @@ def _world(world: str, latency_ms: float, jitter: float, seed: int) -> _World:
         return found
 
 
+@job_function
 def handle_webhook(
     payload: dict[str, Any], *, world: str, latency_ms: float, jitter: float, seed: int
 ) -> dict[str, Any]:

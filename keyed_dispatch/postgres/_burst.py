@@ -29,6 +29,7 @@ from keyed_dispatch._keys import webhook_key
 
 from ._common import key_text
 from ._dispatcher import PostgresDispatcher
+from ._registry import job_function
 from ._schema import check_schema_name
 
 __all__ = [
@@ -50,10 +51,12 @@ _READ_EVENTS = "SELECT id, job_id, attempt, keys, phase, pid FROM {s}.burst_even
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT", "LTC/USDT")
 
 
+@job_function
 def noop(*args: Any, **kwargs: Any) -> None:
     """A job that does nothing (benchmarks measure the queue, not the work)."""
 
 
+@job_function
 def sleep(seconds: float) -> None:
     """A job that waits ``seconds`` (stands for I/O such as exchange calls)."""
     time.sleep(seconds)
@@ -69,6 +72,7 @@ def create_events_table(dsn: str, schema: str) -> None:
         )
 
 
+@job_function
 def record_webhook(
     submitter: int,
     seq: int,
@@ -216,7 +220,10 @@ def _submitter_process() -> None:
 def spawn_worker(
     dsn: str, schema: str, *, concurrency: int = 4, lease: float = 30.0, poll_interval: float = 1.0
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m keyed_dispatch worker`` for ``schema`` in a new process."""
+    """Start ``python -m keyed_dispatch worker`` for ``schema`` in a new process.
+
+    It imports this module, so it runs the jobs above.
+    """
     return subprocess.Popen(  # noqa: S603  # our own interpreter and options
         [
             sys.executable,
@@ -233,6 +240,8 @@ def spawn_worker(
             str(lease),
             "--poll-interval",
             str(poll_interval),
+            "--import",
+            __name__,
             "--log-level",
             "WARNING",
         ],

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +30,7 @@ from ._common import (
     key_value,
     resolve_function,
 )
+from ._registry import function_name, registered_function
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
 
 __all__ = ["PostgresDispatcher", "PostgresFuture", "PostgresStats", "install_schema", "schema_version"]
@@ -145,9 +146,16 @@ class PostgresDispatcher:
             limit. Measured on the database clock.
         schema: the PostgreSQL schema holding the queue.
         poll_interval: seconds between fallback polls for results.
-        verify_functions: import each function name at submit, so a typo
-            fails there rather than in a worker. Turn off when submitters
-            cannot import the workers' code.
+        verify_functions: import each function name at first submit and
+            check that it is registered with
+            :func:`~keyed_dispatch.postgres.job_function`, so a typo or a
+            function workers will refuse fails there rather than in a worker.
+            Turn off when submitters cannot import the workers' code (or
+            give ``functions``).
+        functions: the job functions the workers run, as objects or
+            ``module:function`` names, if the submitter knows them: a name
+            outside them is refused at submit, nothing is imported, and
+            ``verify_functions`` is not consulted.
         max_connections: idle connections kept for submitting threads.
     """
 
@@ -160,6 +168,7 @@ class PostgresDispatcher:
         schema: str = "keyed_dispatch",
         poll_interval: float = 1.0,
         verify_functions: bool = True,
+        functions: Iterable[Callable[..., Any] | str] | None = None,
         max_connections: int = 4,
     ) -> None:
         if not isinstance(dsn, str):
@@ -177,6 +186,14 @@ class PostgresDispatcher:
         self._start_timeout = start_timeout
         self._poll_interval = poll_interval
         self._verify = verify_functions
+        self._functions = (
+            None
+            if functions is None
+            else frozenset(
+                check_function_name(item) if isinstance(item, str) else function_name(item)
+                for item in functions
+            )
+        )
         self._max_idle = max_connections
         self._lock = threading.Lock()
         # Guarded by _lock: idle connections, awaited futures, listener state.
@@ -319,6 +336,8 @@ class PostgresDispatcher:
                 not storable (see ``key_text``); a NUL character or a lone
                 surrogate in a string of the arguments.
             ImportError: ``func`` cannot be imported (``verify_functions``).
+            LookupError: ``func`` is not registered (``verify_functions``)
+                or not among ``functions``.
             SubmitTimeout: the database did not answer within ``submit_timeout``.
             DispatcherClosed: after ``close()``.
             psycopg.Error: the database refused the job for another reason.
@@ -348,8 +367,8 @@ class PostgresDispatcher:
         # Keys equal in-process (1 and 1.0) have one text: they collapse here too.
         texts = list(dict.fromkeys(map(key_text, keys)))
         check_function_name(func)
-        if self._verify and func not in self._verified:
-            resolve_function(func)
+        if func not in self._verified:
+            self._check_function(func)
             self._verified.add(func)
         args_json = dump_json(list(args), "job arguments")
         kwargs_json = dump_json(kwargs, "job keyword arguments")
@@ -382,6 +401,22 @@ class PostgresDispatcher:
                 (time.monotonic() - started) * 1000,
             )
         return future
+
+    def _check_function(self, func: str) -> None:
+        """Refuse ``func`` if workers would refuse it (as far as this process knows)."""
+        if self._functions is not None:
+            if func not in self._functions:
+                raise LookupError(
+                    f"job function {func!r} is not one of the functions given to this dispatcher"
+                )
+        elif self._verify:
+            resolve_function(func)
+            if registered_function(func) is None:
+                raise LookupError(
+                    f"job function {func!r} is not registered: workers run only functions registered "
+                    "with @job_function (or given to run_worker(functions=...)); register it, or give "
+                    "this dispatcher functions=... or verify_functions=False"
+                )
 
     def _cancel(self, job_id: int) -> bool:
         rows = self._call(self._q.cancel, (job_id,))

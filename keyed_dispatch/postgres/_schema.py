@@ -24,7 +24,13 @@ holds whatever the workers do and however many there are:
   worker that lost its lease cannot record a stale result.
 * Failover. ``recover()`` puts running jobs whose lease expired back in the
   queue. They are still the heads of their keys (their ``job_keys`` rows
-  stay), so they run again before any later job of those keys.
+  stay), so they run again before any later job of those keys. A start
+  deadline applies to the first start only (``claim()`` clears it), so such
+  a job runs again rather than expiring.
+* Rights. The functions run with their owner's rights (SECURITY DEFINER,
+  with a fixed ``search_path``) and EXECUTE is revoked from PUBLIC: a role
+  needs EXECUTE on the functions it calls, and no right on the tables to
+  change them (the grants are in the package docs).
 
 Advisory locks are always taken all at once per transaction in sorted order,
 and row locks only after them (ascending ids), so these functions cannot

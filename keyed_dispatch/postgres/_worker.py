@@ -21,8 +21,9 @@ import psycopg
 from keyed_dispatch._config import _check_seconds
 from keyed_dispatch._keys import KeysText
 
-from ._common import DatabaseUnavailable, connect, dump_json, key_value, resolve_function, storable_text
+from ._common import DatabaseUnavailable, connect, dump_json, key_value, storable_text
 from ._dispatcher import schema_version
+from ._registry import registered_function, resolve_functions
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name
 
 __all__ = ["JobContext", "current_job", "run_worker"]
@@ -97,6 +98,7 @@ def run_worker(
     concurrency: int = 16,
     schema: str = "keyed_dispatch",
     imports: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any] | str] = (),
     lease: float = 30.0,
     poll_interval: float = 1.0,
     retention: float = 7 * 86400.0,
@@ -106,6 +108,13 @@ def run_worker(
     burst: bool = False,
 ) -> int:
     """Run jobs from the queue until ``stop`` is set (or, with ``burst``, it is empty).
+
+    A worker runs only registered job functions: those registered with
+    :func:`~keyed_dispatch.postgres.job_function` in its process (by the
+    modules in ``imports``, or any it imported otherwise) and those in
+    ``functions``. It never imports what a job names: a job naming any other
+    function fails at once (``JobFailed``, ``LookupError``: "... is not
+    registered on this worker") and its keys move on.
 
     Any number of workers may run, on any host: each claims the oldest jobs
     whose keys are free, up to ``concurrency`` at once, and runs them on its
@@ -129,7 +138,11 @@ def run_worker(
         dsn: libpq connection string or URI.
         concurrency: jobs run at once (threads).
         schema: the queue's schema (installed by ``install_schema``).
-        imports: modules imported at start (to fail fast on a bad deployment).
+        imports: modules imported at start: the job functions they register
+            are the ones this worker runs.
+        functions: more functions this worker runs, as objects (known by
+            ``module:qualname``) or ``module:function`` names (imported at
+            start).
         lease: seconds a claim lasts without a heartbeat.
         poll_interval: seconds between polls when no notification arrives.
         retention: seconds finished jobs are kept for their submitters.
@@ -144,7 +157,8 @@ def run_worker(
     Raises:
         DatabaseUnavailable: the first connection failed.
         RuntimeError: the schema is missing or newer than this code.
-        ImportError: a module in ``imports`` cannot be imported.
+        ImportError: a module in ``imports`` or a name in ``functions``
+            cannot be imported.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -154,6 +168,7 @@ def run_worker(
             raise ValueError(f"{label} must be > 0, got 0")
     for module in imports:
         importlib.import_module(module)
+    allowed = resolve_functions(functions)
     worker = _Worker(
         dsn,
         schema=check_schema_name(schema),
@@ -165,6 +180,7 @@ def run_worker(
         name=name or f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}",
         stop=stop if stop is not None else threading.Event(),
         burst=burst,
+        functions=allowed,
     )
     return worker.run()
 
@@ -214,6 +230,7 @@ class _Worker:
         name: str,
         stop: threading.Event,
         burst: bool,
+        functions: dict[str, Callable[..., Any]],
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -228,7 +245,8 @@ class _Worker:
         self.burst = burst
         self.wake = threading.Event()
         self.done: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
-        self.functions: dict[str, Callable[..., Any]] = {}
+        # Besides the process's registry, which may grow while the worker runs.
+        self.functions = functions
         self.ran = 0
 
     # -- main loop ------------------------------------------------------------
@@ -438,14 +456,22 @@ class _Worker:
 
     # -- running a job (pool threads) -----------------------------------------
 
+    def _function(self, name: str) -> Callable[..., Any]:
+        """The function registered as ``name``; never imported from the job's text."""
+        fn = self.functions.get(name) or registered_function(name)
+        if fn is None:
+            raise LookupError(
+                f"job function {name!r} is not registered on this worker ({self.name}): "
+                "register it with @job_function in a module the worker imports, or pass it "
+                "to run_worker(functions=...)"
+            )
+        return fn
+
     def _execute(self, job: _Claimed) -> None:
         context = JobContext(job.job_id, job.attempt, job.keys, self.name)
         token = _current.set(context)
         try:
-            fn = self.functions.get(job.func)
-            if fn is None:
-                fn = self.functions[job.func] = resolve_function(job.func)
-            value = fn(*job.args, **job.kwargs)
+            value = self._function(job.func)(*job.args, **job.kwargs)
             outcome: _Outcome = (job, "completed", dump_json(value, f"result of {job.func}"), None, None)
         # BaseException too: SystemExit, KeyboardInterrupt or GeneratorExit
         # raised by a job ends the job, not the worker (as in a

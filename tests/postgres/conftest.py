@@ -39,6 +39,7 @@ def spawn(pg_dsn: str, pg_schema: str) -> Iterator[Spawn]:
     def start(*extra: str) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
         argv = [sys.executable, "-m", "keyed_dispatch", "worker", "--dsn", pg_dsn, "--schema", pg_schema]
+        argv += ["--import", "tests.postgres.tasks", "--import", "keyed_dispatch.postgres._burst"]
         argv += ["--concurrency", "2", "--poll-interval", "0.2", "--log-level", "WARNING", *extra]
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         procs.append(proc)
