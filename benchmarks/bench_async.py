@@ -7,7 +7,7 @@ the other, under three systems:
 
 * ``bare``: ``await job()``, no ordering at all (the floor);
 * ``lock-map``: ``async with locks[key]: await job()`` with
-  ``locks = defaultdict(asyncio.Lock)`` (what the seed design does on asyncio;
+  ``locks = defaultdict(asyncio.Lock)`` (the lock-manager design on asyncio;
   the map is never cleaned, which flatters it);
 * ``ad.run``: ``await ad.run(key, job)`` on an ``AsyncKeyedDispatcher``;
 * ``ad.submit``: ``await (await ad.submit(key, job))``, a task per job.

@@ -30,12 +30,15 @@ from contextlib import contextmanager
 
 import psycopg
 
+from keyed_dispatch.demo._recording import (
+    NOOP,
+    RECORD,
+    SLEEP,
+    create_events_table,
+    read_events,
+    spawn_worker,
+)
 from keyed_dispatch.postgres import EmbeddedPostgres, PostgresDispatcher
-from keyed_dispatch.postgres._burst import create_events_table, read_events, spawn_worker
-
-NOOP = "keyed_dispatch.postgres._burst:noop"
-SLEEP = "keyed_dispatch.postgres._burst:sleep"
-RECORD = "keyed_dispatch.postgres._burst:record_webhook"
 
 
 @contextmanager

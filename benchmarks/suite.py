@@ -1,7 +1,8 @@
-"""Run the benchmark suite of issue 5: ``python -m keyed_dispatch bench [--quick]``.
+"""Run the benchmark suite: ``python -m benchmarks.suite [--quick]`` from the checkout.
 
-Every system runs every workload it supports with the same parameters and
-the same seeded job lists; repetitions interleave the systems; medians are
+(``make bench`` and ``make bench-quick`` do the same.) Every system runs
+every workload it supports with the same parameters and the same job lists,
+drawn from one random seed; repetitions interleave the systems; medians are
 reported and ratios are taken between systems of the same run. Progress
 goes to stderr, the table to stdout, the results to a JSON file and, when
 matplotlib is installed (the ``bench`` extra), a PNG chart.
@@ -36,7 +37,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 @dataclass(frozen=True)
 class Size:
-    """The parameters of one run; ``full`` is the issue's, the others shrink it."""
+    """The parameters of one run; ``full`` is the reference run, the others shrink it."""
 
     name: str
     reps: int
@@ -397,7 +398,7 @@ def run(
 
     The document holds the machine, the parameters, one row per (workload,
     system, metric) with the median ``value`` and every repetition in
-    ``runs``, the issue's targets evaluated on this run, and notes.
+    ``runs``, KeyedDispatcher's goals evaluated on this run, and notes.
     """
     say = progress if progress is not None else (lambda message: None)
     started = time.perf_counter()
@@ -438,7 +439,7 @@ def run(
     if hasattr(os, "getloadavg"):
         machine["loadavg_end"] = list(os.getloadavg())
     return {
-        "suite": "keyed_dispatch issue 5",
+        "suite": report.SUITE,
         "size": size.name,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": round(time.perf_counter() - started, 1),
@@ -446,17 +447,18 @@ def run(
         "params": {**asdict(size), "systems": list(systems), "workloads": list(only)},
         "info": info,
         "rows": rows,
-        "targets": report.targets(rows),
+        "goals": report.goals(rows),
         "notes": notes,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line; returns the exit status (0 also when targets are missed)."""
+    """The command line; returns the exit status (0 also when goals are not met)."""
     parser = argparse.ArgumentParser(
-        prog="python -m keyed_dispatch bench",
-        description="Benchmark KeyedDispatcher against ThreadPoolExecutor, a lock per key "
-        "and hashed single-thread executors (issue 5).",
+        prog="python -m benchmarks.suite",
+        description="Benchmark KeyedDispatcher against ThreadPoolExecutor, a lock per key (the "
+        "lock-manager design) and hashed single-thread executors (BookKeeper's OrderedExecutor), "
+        "and AsyncKeyedDispatcher against an asyncio.Lock per key. Run it from the source checkout.",
     )
     parser.add_argument("--quick", action="store_true", help="the quick run (under a minute)")
     parser.add_argument("--size", choices=sorted(SIZES), help="full (default), quick or smoke")
@@ -490,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = _choices(parser, "--only", args.only, WORKLOADS)
     systems = _choices(parser, "--systems", args.systems, SYSTEMS)
     progress = Progress(None if args.quiet else sys.stderr)
-    progress(f"keyed_dispatch bench, {size.name} run; systems {', '.join(systems)}")
+    progress(f"keyed_dispatch benchmarks, {size.name} run; systems {', '.join(systems)}")
     results = run(size, systems=systems, only=only, progress=progress)
     print(report.table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -514,3 +516,7 @@ def _choices(
         parser.error(f"{flag}: unknown {', '.join(unknown) or '(empty)'}; expected from {', '.join(allowed)}")
     # Keep the suite's order, whatever the order given.
     return [item for item in allowed if item in chosen]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,10 +5,10 @@ careful user would write it, with no handicap:
 
 * ``tpe``: a bare ``ThreadPoolExecutor``, keys ignored. No ordering and no
   exclusion at all: the ceiling for dispatch on a thread pool.
-* ``locks``: the seed's design, a ``ThreadPoolExecutor`` whose jobs hold a
-  ``threading.Lock`` per key (looked up, or created, by the job, as the
-  seed's request threads did; several keys are locked in sorted order, the
-  seed's deadlock rule). Locks are kept once created: the seed's pool kept
+* ``locks``: the lock-manager design, a ``ThreadPoolExecutor`` whose jobs
+  hold a ``threading.Lock`` per key (looked up, or created, by the job, as
+  that design's request threads do; several keys are locked in sorted order,
+  its deadlock rule). Locks are kept once created: that design's pool keeps
   them too, and freeing one safely needs a reference count per lock.
 * ``hashed``: BookKeeper's ``OrderedExecutor``, N single-thread executors
   with the key hashed to one. The hash is CRC-32 of ``str(key)``, stable

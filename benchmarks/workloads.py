@@ -1,4 +1,4 @@
-"""The workloads of issue 5, each measured on every system that supports it.
+"""The benchmark workloads, each measured on every system that supports it.
 
 Every function runs one repetition on one system and returns plain numbers;
 ``suite`` interleaves the systems within each repetition (so that a slow
@@ -71,7 +71,7 @@ def multi_keysets(rng: random.Random, jobs: int, nkeys: int) -> tuple[list[Keys]
 class Rate:
     """Jobs per wall-clock second, and per CPU second of the whole process.
 
-    The first is the issue's measure. The second counts the CPU time of all
+    The goals are stated in the first. The second counts the CPU time of all
     threads (user and system, so a contended lock's futex calls count), and
     not the time other processes of a shared machine took: a steadier
     measure of the cost per job.

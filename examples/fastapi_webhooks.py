@@ -12,12 +12,16 @@ database driver, ``apply`` would simply await the handler.
 
 Run it::
 
-    pip install 'keyed_dispatch[examples]'
+    pip install 'keyed_dispatch[examples]'     # from a checkout: pip install -e '.[examples]'
     python examples/fastapi_webhooks.py --port 8000
     curl -s localhost:8000/webhook -H 'Content-Type: application/json' -d '{"strategy_id": 1,
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
       {"type": "LIMIT", "side": "buy", "price": "100.5", "qty": "0.1"}]}'
     curl -s localhost:8000/stats
+
+With several processes (``uvicorn --app-dir examples --factory
+fastapi_webhooks:create_app --workers 2``), each has its own dispatcher, and
+a process cannot order another's jobs: see docs/operations.md.
 """
 
 from __future__ import annotations
@@ -45,10 +49,11 @@ from keyed_dispatch import (
 )
 
 # The demo's fake exchange, SQLite order table and handler (see flask_webhooks.py).
-from keyed_dispatch._demo_exchange import ExchangeError, FakeExchange
-from keyed_dispatch._demo_store import OrderStore
-from keyed_dispatch._demo_webhooks import (
+from keyed_dispatch.demo import (
+    ExchangeError,
+    FakeExchange,
     InvalidWebhookError,
+    OrderStore,
     Webhook,
     WebhookHandler,
     WebhookResult,

@@ -1,6 +1,6 @@
 """A strategy-webhook server on Flask, with per-key order from KeyedDispatcher.
 
-Every ``POST /webhook`` is handled by the seed's handler (CANCEL_ALL, then
+Every ``POST /webhook`` is handled by the demo's webhook handler (CANCEL_ALL, then
 LIMIT orders, kept in step with a SQLite order table), submitted to one
 dispatcher keyed by ``(strategy_id, symbol)``: webhooks for one key run one
 at a time in arrival order, other keys run in parallel, and a multi-symbol
@@ -9,7 +9,7 @@ waits for the result and answers with it.
 
 Run it (a fake exchange with 20 ms per call, an in-memory database)::
 
-    pip install 'keyed_dispatch[examples]'
+    pip install 'keyed_dispatch[examples]'     # from a checkout: pip install -e '.[examples]'
     python examples/flask_webhooks.py --port 8000
     curl -s localhost:8000/webhook -H 'Content-Type: application/json' -d '{"strategy_id": 1,
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
@@ -25,8 +25,12 @@ shutting down; 504 when the webhook did not start within ``start_timeout``
 the key). The dispatcher reads ``KEYED_DISPATCH_*`` from the environment,
 e.g. ``KEYED_DISPATCH_SUBMIT_TIMEOUT=1 KEYED_DISPATCH_START_TIMEOUT=10``.
 
-With gunicorn, each worker process builds its own app and dispatcher; see
-the README's gunicorn note (``gunicorn 'flask_webhooks:create_app()'``).
+Under gunicorn (in the ``examples`` extra), from the repository root::
+
+    gunicorn --chdir examples -w 2 --threads 8 -b 127.0.0.1:8000 'flask_webhooks:create_app()'
+
+Each worker process builds its own app and dispatcher, and a process cannot
+order another's jobs: see the operations page of the docs (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -47,12 +51,17 @@ from keyed_dispatch import (
     webhook_key,
 )
 
-# The demo's fake exchange, SQLite order table and handler (private modules
-# of the package, shipped for the demo and these examples). A real service
-# has its own exchange client and database; only the dispatcher part stays.
-from keyed_dispatch._demo_exchange import ExchangeError, FakeExchange
-from keyed_dispatch._demo_store import OrderStore
-from keyed_dispatch._demo_webhooks import InvalidWebhookError, WebhookHandler, parse_webhook
+# The demo's fake exchange, SQLite order table and handler (keyed_dispatch.demo,
+# shipped for the demo and these examples). A real service has its own
+# exchange client and database; only the dispatcher part stays.
+from keyed_dispatch.demo import (
+    ExchangeError,
+    FakeExchange,
+    InvalidWebhookError,
+    OrderStore,
+    WebhookHandler,
+    parse_webhook,
+)
 
 RETRY_AFTER_SECONDS = 1
 

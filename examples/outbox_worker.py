@@ -16,7 +16,7 @@ the commit just before it until the worker has written it to
 
 Try it::
 
-    python examples/outbox_worker.py seed /tmp/outbox.db --messages 500 --keys 6
+    python examples/outbox_worker.py fill /tmp/outbox.db --messages 500 --keys 6
     python examples/outbox_worker.py run /tmp/outbox.db --exit-when-idle
     sqlite3 /tmp/outbox.db 'SELECT * FROM consumer_offsets'
 
@@ -76,7 +76,7 @@ def connect(path: str, *, shared: bool = False) -> sqlite3.Connection:
     return db
 
 
-def seed(path: str, messages: int, keys: int) -> None:
+def fill(path: str, messages: int, keys: int) -> None:
     """Append ``messages`` messages over ``keys`` keys to the outbox."""
     db = connect(path)
     db.execute("BEGIN")
@@ -185,13 +185,13 @@ def run(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``seed`` messages into the outbox, or ``run`` the worker."""
+    """``fill`` the outbox with messages, or ``run`` the worker."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    seeding = commands.add_parser("seed", help="append messages to the outbox")
-    seeding.add_argument("db")
-    seeding.add_argument("--messages", type=int, default=500)
-    seeding.add_argument("--keys", type=int, default=6)
+    filling = commands.add_parser("fill", help="append messages to the outbox")
+    filling.add_argument("db")
+    filling.add_argument("--messages", type=int, default=500)
+    filling.add_argument("--keys", type=int, default=6)
     running = commands.add_parser("run", help="consume the outbox")
     running.add_argument("db")
     running.add_argument("--consumer", default="worker")
@@ -200,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     running.add_argument("--exit-when-idle", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    if args.command == "seed":
-        seed(args.db, args.messages, args.keys)
+    if args.command == "fill":
+        fill(args.db, args.messages, args.keys)
     else:
         run(
             args.db,

@@ -13,8 +13,7 @@ from collections.abc import Sequence
 # command -> (module relative to this package, its help line). Each module
 # has ``main(argv: Sequence[str]) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "bench": ("._bench", "run the benchmark suite (source checkout; --quick for the short run)"),
-    "demo": ("._demo", "reproduce the webhook race three ways and print the table"),
+    "demo": (".demo._harness", "reproduce the webhook race three ways and print the table"),
     "worker": (".postgres._cli", "run jobs from a PostgreSQL queue (needs the postgres extra)"),
 }
 
@@ -30,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             lines.append(f"\nunknown command: {args[0]}")
         print("\n".join(lines), file=stream)
         return 0 if stream is sys.stdout else 2
-    module = importlib.import_module(COMMANDS[args[0]][0], __package__)
+    try:
+        module = importlib.import_module(COMMANDS[args[0]][0], __package__)
+    except ImportError as exc:
+        # A missing optional dependency: its module's message names the extra.
+        print(f"python -m keyed_dispatch {args[0]}: {exc}", file=sys.stderr)
+        return 2
     status: int = module.main(args[1:])
     return status
 

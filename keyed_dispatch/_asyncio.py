@@ -133,12 +133,13 @@ class AsyncKeyedDispatcher(Runner):
     ``DEFAULT_MAX_CONCURRENCY`` (100) otherwise. ``idle_timeout`` does not
     apply (there are no worker threads).
 
+    ``max_shards``, ``submit_timeout``, ``start_timeout``, ``max_pending``,
+    ``wait_warning``, ``halt_on_error`` and ``config`` mean what they mean for
+    :class:`KeyedDispatcher`; a start deadline fails its job on time even
+    while an earlier job of its key still runs.
+
     Args:
         max_concurrency: coroutine jobs running at once, at most.
-        max_shards, submit_timeout, start_timeout, max_pending, wait_warning,
-            halt_on_error, config: as for :class:`KeyedDispatcher`; a start
-            deadline fails its job on time even while an earlier job of its
-            key still runs.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
@@ -588,10 +589,16 @@ class AsyncKeyedDispatcher(Runner):
                     # shutting down): the future tells the same story.
                     _future_cancel(future)
                 self._finish(task, job, CANCELLED, None)
-            except GeneratorExit:
-                # The task is being destroyed with a loop that was never
-                # drained: nothing can run any more; let it go.
-                raise
+            except GeneratorExit as stop:
+                if _get_running_loop() is not self._loop:
+                    # The task is being destroyed with a loop that was never
+                    # drained: nothing can run any more; let it go.
+                    raise
+                # Raised by the job itself: a failure like any other, or
+                # its future never resolves and its key stays blocked.
+                if not future.done():
+                    future.set_exception(stop)
+                self._finish(task, job, FAILED, stop)
             except BaseException as exc:
                 if not future.done():
                     future.set_exception(exc)
@@ -699,7 +706,9 @@ class AsyncKeyedDispatcher(Runner):
             keys: the keys to hold (a collection, as for submit_multi).
             timeout: seconds to wait for the turn; None waits for ever.
 
-        Raises (on entering the block):
+        The errors below are raised on entering the block.
+
+        Raises:
             StartTimeout: the turn did not come within ``timeout``; the block
                 gave its place up and did not run.
             RuntimeError: the calling task already holds a key of this

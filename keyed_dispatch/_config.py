@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from ._errors import ConfigError
 
-__all__ = ["DispatcherConfig", "check_timeout", "resolve_config"]
+__all__ = ["DispatcherConfig", "check_timeout", "resolve_config", "wait_seconds"]
 
 _T = TypeVar("_T")
 
@@ -84,7 +85,7 @@ class DispatcherConfig:
         ``KEYED_DISPATCH_IDLE_TIMEOUT``     idle_timeout     60
         ==================================  ===============  ==================
 
-        The seed design's ``MAX_WEBHOOK_LOCKS`` and ``WEBHOOK_LOCK_TIMEOUT``
+        The lock-manager design's ``MAX_WEBHOOK_LOCKS`` and ``WEBHOOK_LOCK_TIMEOUT``
         are read when the matching ``KEYED_DISPATCH_*`` variable is unset, so
         an existing deployment keeps its settings. An empty variable counts
         as unset; ``none`` clears an optional value, ``inf`` lifts the submit
@@ -153,6 +154,19 @@ def check_timeout(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
     if math.isnan(value) or value < 0:
         raise ValueError(f"{name} must be >= 0 or None, got {value}")
+
+
+def wait_seconds(seconds: float | None) -> float | None:
+    """``seconds`` as a timeout the threading module can wait for; None: no limit.
+
+    Any non-negative number of seconds is a valid setting, but ``threading``
+    refuses to wait longer than ``threading.TIMEOUT_MAX`` (about 292 years)
+    with OverflowError, which would surface inside a worker. A longer wait,
+    ``math.inf`` included, is the same as no limit.
+    """
+    if seconds is None or seconds >= threading.TIMEOUT_MAX:
+        return None
+    return seconds
 
 
 def _parse_int(var: str, raw: str) -> int:

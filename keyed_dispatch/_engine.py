@@ -197,8 +197,9 @@ class Engine:
         The job becomes runnable (pushed on ``ready``) if it heads every
         shard. Keys must be hashable and free of duplicates.
         """
+        blockers = self._place(job, now)
         self._pending += 1
-        if not self._place(job, now):
+        if not blockers:
             if job.fn is None:
                 self._ready_blocks.append(job)
             else:
@@ -206,31 +207,50 @@ class Engine:
 
     def _place(self, job: Job, now: float) -> int:
         # Number the job and append it to each of its keys' shards; returns
-        # (and records) the shards it does not head.
+        # (and records) the shards it does not head. All or nothing: a key
+        # lookup can raise (a key whose __eq__ raises on a hash collision),
+        # and a job left in some of its shards would block those keys for
+        # ever; so what was placed is taken back, and nothing is counted
+        # before every key has its place.
+        blockers = 0
+        shards = self._shards
+        placed = 0
+        try:
+            for key in job.keys:
+                shard = shards.get(key)
+                if shard is None:
+                    shards[key] = job
+                else:
+                    if isinstance(shard, deque):
+                        shard.append(job)
+                    else:
+                        shards[key] = deque((shard, job))
+                    blockers += 1
+                placed += 1
+        except BaseException:
+            for key in job.keys[:placed]:
+                shard = shards[key]
+                if shard is job:
+                    del shards[key]
+                else:
+                    shard.pop()  # type: ignore[union-attr]  # a deque ending with ``job``
+            raise
         job.seq = seq = self._next_seq
         self._next_seq = seq + 1
         job.admitted = now
-        blockers = 0
-        shards = self._shards
-        for key in job.keys:
-            shard = shards.get(key)
-            if shard is None:
-                shards[key] = job
-            else:
-                if isinstance(shard, deque):
-                    shard.append(job)
-                else:
-                    shards[key] = deque((shard, job))
-                blockers += 1
         job.blockers = blockers
         self._submitted += 1
         return blockers
 
-    def _pop_head(self, key: Hashable) -> deque[Job] | None:
-        # Remove the head of ``key``'s shard; return the rest, or None (and
-        # drop the shard) if nothing is left.
+    def _pop_head(self, key: Hashable, job: Job) -> deque[Job] | None:
+        # Remove ``job``, the head of ``key``'s shard; return the rest, or
+        # None (and drop the shard) if nothing is left.
+        try:
+            shard = self._shards[key]
+        except KeyError:
+            key = self._refile(key, job)
+            shard = self._shards[key]
         shards = self._shards
-        shard = shards[key]
         if isinstance(shard, deque):
             shard.popleft()
             if shard:
@@ -311,7 +331,12 @@ class Engine:
         self._outcomes[outcome] += 1
         key = keys[0]
         shards = self._shards
-        shard = shards[key]
+        try:
+            shard = shards[key]
+        except KeyError:
+            key = self._refile(key, job)
+            shards = self._shards
+            shard = shards[key]
         if isinstance(shard, deque):
             shard.popleft()
         if shard is job or not shard:
@@ -382,7 +407,7 @@ class Engine:
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
         for key in job.keys:
-            shard = self._pop_head(key)
+            shard = self._pop_head(key, job)
             if shard is not None:
                 self._advance(key, shard, streak)
 
@@ -399,14 +424,38 @@ class Engine:
         job.state = DEAD
         self._pending -= 1
         self._outcomes[outcome] += 1
-        shards = self._shards
-        for key in job.keys:
-            shard = shards[key]
+        for wanted in job.keys:
+            key = wanted
+            try:
+                shard = self._shards[key]
+            except KeyError:
+                key = self._refile(key, job)
+                shard = self._shards[key]
             if shard is job or (isinstance(shard, deque) and shard[0] is job):
-                rest = self._pop_head(key)
+                rest = self._pop_head(key, job)
                 if rest is not None:
                     self._advance(key, rest)
         return True
+
+    def _refile(self, key: Hashable, job: Job) -> Hashable:
+        # ``key`` of ``job`` is not found: its hash changed after admission
+        # (a mutated key: a user error, which must still not wedge the
+        # dispatcher). Re-file the table under the keys' current hashes and
+        # return the key object under which ``job``'s shard is filed.
+        shards = self._shards
+        refiled = {stored: shard for stored, shard in shards.items()}  # noqa: C416 - re-hashes every key
+        if len(refiled) != len(shards):
+            raise RuntimeError(
+                f"a key changed its hash while it had jobs and now equals another live key: {key!r}; "
+                "keys must not be mutated after submission"
+            )
+        self._shards = refiled
+        if key in refiled:
+            return key
+        for stored, shard in refiled.items():
+            if shard is job or (isinstance(shard, deque) and job in shard):
+                return stored
+        raise KeyError(key)
 
     def _advance(self, key: Hashable, shard: deque[Job], streak: int = 0) -> None:
         # The head of ``shard`` was just removed and ``shard`` is not empty.
@@ -437,9 +486,12 @@ class Engine:
                 heapq.heappush(ready, (head.seq, head))
             return
         # Only dead jobs were left: the key is idle.
-        shards = self._shards
-        del shards[key]
-        if not shards:
+        try:
+            del self._shards[key]
+        except KeyError:
+            # Its hash changed (see _refile): drop the shard by identity.
+            self._shards = {stored: other for stored, other in self._shards.items() if other is not shard}
+        if not self._shards:
             self._shards = {}
 
     # -- introspection -----------------------------------------------------

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 
+from ._keys import key_str
+
 __all__ = [
     "ConfigError",
     "DispatcherClosed",
@@ -36,8 +38,8 @@ class SubmitTimeout(KeyedDispatchError, TimeoutError):
 class ShardsExhausted(SubmitTimeout):
     """A new key needed a shard and ``max_shards`` shards stayed live.
 
-    The seed design's "lock pool exhausted". Keys that already have a live
-    shard are never refused for this reason.
+    What the lock-manager design called "lock pool exhausted". Keys that
+    already have a live shard are never refused for this reason.
     """
 
 
@@ -62,7 +64,7 @@ class KeyHalted(KeyedDispatchError, RuntimeError):
     """
 
     def __init__(self, key: Hashable) -> None:
-        super().__init__(f"key {key} is halted by an earlier failure; call resume(key) to lift it")
+        super().__init__(f"key {key_str(key)} is halted by an earlier failure; call resume(key) to lift it")
         self.key = key
 
 

@@ -1,18 +1,18 @@
-"""Key helpers: the seed's webhook key and the text used in log lines."""
+"""Key helpers: the webhook key and the text used in log lines."""
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
 
-__all__ = ["WebhookKey", "normalize_keys", "webhook_key"]
+__all__ = ["KeysText", "WebhookKey", "check_hashable", "key_str", "normalize_keys", "webhook_key"]
 
 
 class WebhookKey(NamedTuple):
     """The key of one ``(strategy_id, symbol)`` webhook stream.
 
-    A tuple, so it hashes and compares by value; printed in the seed's lock
-    key format, ``strategy_1_symbol_BTC/USDT``.
+    A tuple, so it hashes and compares by value; printed in the lock-manager
+    design's key format, ``strategy_1_symbol_BTC/USDT``.
     """
 
     strategy_id: Hashable
@@ -26,8 +26,8 @@ def webhook_key(strategy_id: Hashable, symbol: Hashable) -> WebhookKey:
     """Return the dispatch key of a strategy/symbol pair.
 
     Equal inputs give equal keys, in every process; ``str()`` of the key is
-    ``strategy_{strategy_id}_symbol_{symbol}``, the format of the seed's lock
-    keys and of this package's log lines.
+    ``strategy_{strategy_id}_symbol_{symbol}``, the key format of the
+    lock-manager design and of this package's log lines.
 
     Raises:
         TypeError: if either part is unhashable.
@@ -82,6 +82,18 @@ def check_hashable(key: object) -> None:
         raise TypeError(f"keys must be hashable, got unhashable {type(key).__name__}: {key!r}") from None
 
 
+def key_str(key: object) -> str:
+    """``str(key)`` for messages; a key whose ``__str__`` raises still gets a text.
+
+    A dispatcher formats keys in log lines and errors (KeyHalted) while it
+    retires jobs: a key that cannot be printed must not fail that.
+    """
+    try:
+        return str(key)
+    except Exception:  # noqa: BLE001 - any error of a user's __str__; the text says so
+        return f"<{type(key).__name__} key: str() failed>"
+
+
 class KeysText:
     """Lazy text of a job's keys for log lines; formatted only if emitted."""
 
@@ -92,5 +104,5 @@ class KeysText:
 
     def __str__(self) -> str:
         if len(self.keys) == 1:
-            return str(self.keys[0])
-        return "+".join(map(str, self.keys))
+            return key_str(self.keys[0])
+        return "+".join(map(key_str, self.keys))

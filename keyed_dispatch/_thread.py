@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig, check_timeout
+from ._config import DispatcherConfig, check_timeout, wait_seconds
 from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job, outcome_of
 from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
@@ -70,7 +69,7 @@ class KeyedFuture(Future[_T]):
             return False
         owner = self._kd_owner
         job = self._kd_job
-        if owner is not None and job is not None and owner._on_cancel(job):
+        if job is not None and (owner is None or owner._on_cancel(job)):
             # No worker will meet this job, so make the call a worker would
             # make (as ThreadPoolExecutor's does): it wakes the waiters of
             # concurrent.futures.wait() and as_completed(), which cancel()
@@ -293,7 +292,7 @@ class KeyedDispatcher(Runner):
                 raise self._no_room(keys)
             self._room_waiters += 1
             try:
-                self._room.wait(None if math.isinf(remaining) else remaining)
+                self._room.wait(wait_seconds(remaining))
             finally:
                 self._room_waiters -= 1
             if self._closed:
@@ -498,11 +497,13 @@ class KeyedDispatcher(Runner):
         idle = self._idle
         config = self._config
         max_workers = config.max_workers
+        idle_wait = wait_seconds(config.idle_timeout)
+        idle_timeout = -1 if idle_wait is None else idle_wait  # Lock.acquire's "no limit"
         self._worker_threads[threading.get_ident()] = worker
         try:
             while True:
                 if job is None:
-                    if worker.wake.acquire(timeout=config.idle_timeout):
+                    if worker.wake.acquire(timeout=idle_timeout):
                         # Whoever released ``wake`` set ``worker.job`` first
                         # and took us off the idle list, both under the
                         # lock; the release orders those writes before this
@@ -663,7 +664,7 @@ class KeyedDispatcher(Runner):
                         continue
                     now = _monotonic()
                     if due > now:
-                        self._timer_cond.wait(due - now)
+                        self._timer_cond.wait(wait_seconds(due - now))
                         continue
                     for job in deadlines.pop_due(now):
                         future = job.future
@@ -719,7 +720,7 @@ class KeyedDispatcher(Runner):
         future: KeyedFuture[None] = self._submit(wanted, None, (), {})
         try:
             try:
-                future.result(timeout)
+                future.result(wait_seconds(timeout))
             except FuturesTimeoutError:
                 if future.cancel():
                     raise StartTimeout(
@@ -841,7 +842,13 @@ class KeyedDispatcher(Runner):
     def _reset_after_fork(self) -> None:
         # In a forked child. The parent's threads do not exist here and its
         # lock may have been held mid-update: start empty, so nothing
-        # admitted in the parent runs twice.
+        # admitted in the parent runs twice. The futures of the parent's
+        # queued jobs are the parent's: here they are detached, so that
+        # cancelling one is a plain cancel that leaves our engine alone.
+        for job in self._engine.queued_jobs():
+            future = job.future
+            if future is not None:
+                future._kd_owner = None
         self._local = threading.local()
         self._init_state()
 

@@ -1,4 +1,4 @@
-"""The README's asyncio example, end to end: a FastAPI webhook handler that
+"""The asyncio page's FastAPI example (docs/asyncio.md), end to end: a FastAPI webhook handler that
 runs each webhook on its (strategy, symbol) key with AsyncKeyedDispatcher."""
 
 from __future__ import annotations

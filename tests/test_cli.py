@@ -57,3 +57,30 @@ def test_python_dash_m_entry_point() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "commands:" in proc.stdout
+
+
+def test_bench_is_not_a_command(capsys: pytest.CaptureFixture[str]) -> None:
+    # The benchmark suite runs from the checkout: python -m benchmarks.suite.
+    assert "bench" not in cli.COMMANDS
+    assert cli.main(["bench"]) == 2
+    assert "unknown command: bench" in capsys.readouterr().err
+
+
+def test_demo_runs_from_the_demo_package() -> None:
+    assert cli.COMMANDS["demo"][0] == ".demo._harness"
+
+
+@pytest.mark.slow
+def test_worker_without_psycopg_prints_one_line_naming_the_extra() -> None:
+    code = (
+        "import sys; sys.modules['psycopg'] = None; from keyed_dispatch.__main__ import main; "
+        "sys.exit(main(['worker', '--dsn', 'postgresql:///nowhere']))"
+    )
+    proc = subprocess.run(  # noqa: S603 - our interpreter, fixed code
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 2
+    [line] = proc.stderr.splitlines()
+    assert line.startswith("python -m keyed_dispatch worker: keyed_dispatch.postgres needs psycopg 3")
+    assert "pip install 'keyed_dispatch[postgres]'" in line
+    assert "pip install -e '.[postgres]'" in line

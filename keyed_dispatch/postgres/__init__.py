@@ -5,8 +5,9 @@ workers (``python -m keyed_dispatch worker --dsn ...`` or
 :func:`run_worker`) on any host. Jobs sharing a key run one at a time, in
 the order their submissions committed; the database enforces it.
 
-Needs psycopg 3 (``pip install 'keyed_dispatch[postgres]'``); the core of
-keyed_dispatch does not import this module.
+Needs psycopg 3 (``pip install 'keyed_dispatch[postgres]'``, from a checkout
+``pip install -e '.[postgres]'``); the core of keyed_dispatch does not import
+this module.
 
 Job functions. A job names its function as ``"module:function"`` text, and
 a worker runs only functions registered in its process: decorated with
@@ -58,7 +59,8 @@ try:
     import psycopg as _psycopg  # noqa: F401  # fail here, with the extra's name
 except ImportError as _exc:
     raise ImportError(
-        "keyed_dispatch.postgres needs psycopg 3; install the extra: pip install 'keyed_dispatch[postgres]'"
+        "keyed_dispatch.postgres needs psycopg 3, the postgres extra: pip install 'keyed_dispatch[postgres]' "
+        "(from a checkout: pip install -e '.[postgres]')"
     ) from _exc
 
 from ._common import MAX_KEY_BYTES, DatabaseUnavailable, JobFailed, key_text, key_value

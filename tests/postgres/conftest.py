@@ -31,15 +31,15 @@ ROOT = str(Path(__file__).parents[2])
 def spawn(pg_dsn: str, pg_schema: str) -> Iterator[Spawn]:
     """Start worker processes (``python -m keyed_dispatch worker``); killed at teardown.
 
-    They run the job functions of ``tests.postgres.tasks`` and of the burst
-    helpers; ``spawn(*options)`` adds command-line options.
+    They run the job functions of ``tests.postgres.tasks`` and of the demo's
+    recorded jobs; ``spawn(*options)`` adds command-line options.
     """
     procs: list[subprocess.Popen[str]] = []
 
     def start(*extra: str) -> subprocess.Popen[str]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
         argv = [sys.executable, "-m", "keyed_dispatch", "worker", "--dsn", pg_dsn, "--schema", pg_schema]
-        argv += ["--import", "tests.postgres.tasks", "--import", "keyed_dispatch.postgres._burst"]
+        argv += ["--import", "tests.postgres.tasks", "--import", "keyed_dispatch.demo._recording"]
         argv += ["--concurrency", "2", "--poll-interval", "0.2", "--log-level", "WARNING", *extra]
         proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
         procs.append(proc)

@@ -13,18 +13,18 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from keyed_dispatch import StartTimeout  # noqa: E402
-from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
-from keyed_dispatch.postgres._burst import (  # noqa: E402
+from keyed_dispatch.demo._recording import (  # noqa: E402
     check_events,
     create_events_table,
     read_events,
     run_distributed_burst,
 )
+from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
 from tests.postgres.support import Spawn, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-RECORD = "keyed_dispatch.postgres._burst:record_webhook"
+RECORD = "keyed_dispatch.demo._recording:record_webhook"
 
 
 def test_submitters_and_workers_in_separate_processes(pg_dsn: str) -> None:

@@ -21,6 +21,7 @@ import pytest
 psycopg = pytest.importorskip("psycopg")
 
 from keyed_dispatch import DispatcherClosed, StartTimeout, SubmitTimeout, webhook_key  # noqa: E402
+from keyed_dispatch.demo._recording import check_events, create_events_table, read_events, submit_burst  # noqa: E402
 from keyed_dispatch.postgres import (  # noqa: E402
     SCHEMA_VERSION,
     DatabaseUnavailable,
@@ -31,7 +32,6 @@ from keyed_dispatch.postgres import (  # noqa: E402
     key_text,
     run_worker,
 )
-from keyed_dispatch.postgres._burst import check_events, create_events_table, read_events, submit_burst  # noqa: E402
 from keyed_dispatch.postgres._cli import main as worker_main  # noqa: E402
 from keyed_dispatch.postgres._schema import check_schema_name, lock_class  # noqa: E402
 from tests.conftest import WorkerFactory  # noqa: E402
@@ -40,7 +40,7 @@ from tests.postgres.support import LossyProxy, durable, sql, wait_until  # noqa:
 
 pytestmark = pytest.mark.slow
 
-RECORD = "keyed_dispatch.postgres._burst:record_webhook"
+RECORD = "keyed_dispatch.demo._recording:record_webhook"
 
 
 # -- no database ------------------------------------------------------------
@@ -291,7 +291,7 @@ def test_order_and_exclusion_with_multi_key_jobs(
 
 
 def test_check_events_reports_violations() -> None:
-    from keyed_dispatch.postgres._burst import Event
+    from keyed_dispatch.demo._recording import Event
 
     events = [
         Event(1, 10, 1, ("k",), "start", 1),

@@ -15,8 +15,8 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+import keyed_dispatch.demo._recording  # noqa: E402  # registers the recorded jobs
 import keyed_dispatch.postgres  # noqa: E402
-import keyed_dispatch.postgres._burst  # noqa: E402  # registers the burst jobs
 from keyed_dispatch.postgres import JobFailed, PostgresDispatcher, job_function, run_worker  # noqa: E402
 from keyed_dispatch.postgres._cli import main as worker_main  # noqa: E402
 from keyed_dispatch.postgres._registry import function_name, registered, registered_function  # noqa: E402
@@ -31,7 +31,7 @@ def test_functions_are_registered_under_their_module_and_name() -> None:
     assert registered_function("tests.postgres.tasks:echo") is tasks.echo
     assert registered_function("tests.postgres.tasks:unregistered") is None
     assert function_name(tasks.unregistered) == "tests.postgres.tasks:unregistered"
-    assert "keyed_dispatch.postgres._burst:record_webhook" in registered()
+    assert "keyed_dispatch.demo._recording:record_webhook" in registered()
 
 
 def test_registering_by_name_and_what_is_refused() -> None:

@@ -1,7 +1,7 @@
-"""The seed's webhook handler, its payload, and the audit of its results.
+"""The webhook handler of the lock-manager design, its payload, and the audit of its results.
 
 Shared by ``python -m keyed_dispatch demo`` and the web server examples. The
-handler is the seed's, step for step: batch 1 CANCEL_ALL (at the exchange,
+handler is the design's, step for step: batch 1 CANCEL_ALL (at the exchange,
 then mark the cancelled rows in the database), batch 2 LIMIT (place the
 orders, then insert them as open). Two runs of it on one key that overlap
 leave the exchange and the database disagreeing; that is the race.
@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 
-from ._demo_exchange import FakeExchange
-from ._demo_store import OrderRow
-from ._keys import WebhookKey, webhook_key
+from keyed_dispatch import WebhookKey, webhook_key
+
+from ._exchange import FakeExchange
+from ._store import OrderRow
 
 __all__ = [
     "Audit",
@@ -225,7 +226,7 @@ class ProcessingLog:
 class OrderTable(Protocol):
     """The orders table as the handler and the audit use it.
 
-    :class:`~keyed_dispatch._demo_store.OrderStore` (SQLite, one process) is
+    :class:`~keyed_dispatch.demo.OrderStore` (SQLite, one process) is
     one; the distributed demo's table in PostgreSQL is another.
     """
 
@@ -240,7 +241,7 @@ class OrderTable(Protocol):
 
 
 class WebhookHandler:
-    """The seed's webhook handler, with no coordination of its own.
+    """The webhook handler of the lock-manager design, with no coordination of its own.
 
     ``handle`` must not run concurrently with another ``handle`` sharing a
     key, or the exchange and the database drift apart; making sure of that
@@ -279,7 +280,7 @@ class WebhookHandler:
             # Batch 1: CANCEL_ALL at the exchange, then in the DB. If another
             # webhook's orders land at the exchange after the listing but
             # reach the DB before this update, the exchange keeps them open
-            # while the DB marks them cancelled: the seed's race.
+            # while the DB marks them cancelled: the webhook race.
             for symbol in webhook.symbols:
                 cancelled += self.exchange.cancel_all(account, symbol)
                 self.store.mark_cancelled(account, symbol)

@@ -1,9 +1,9 @@
-"""A burst of webhooks through the PostgreSQL dispatcher, checked for order.
+"""A burst of recorded webhooks through the PostgreSQL dispatcher, checked for order.
 
-Used by the benchmark and the tests (the demo's ``distributed`` row runs the
-demo's own burst instead: ``keyed_dispatch._demo_distributed``): several
-submitter processes and several worker processes share one queue; each job
-records its start and end in the database (a global sequence), and
+Used by the PostgreSQL benchmark and tests (the demo's ``distributed`` row
+runs the demo's own burst instead: :mod:`keyed_dispatch.demo._distributed`):
+several submitter processes and several worker processes share one queue;
+each job records its start and end in the database (a global sequence), and
 :func:`check_events` verifies order, exclusion and that nothing was lost.
 """
 
@@ -25,15 +25,16 @@ from typing import Any
 
 import psycopg
 
-from keyed_dispatch._keys import webhook_key
-
-from ._common import key_text
-from ._dispatcher import PostgresDispatcher
-from ._registry import job_function
-from ._schema import check_schema_name
+from keyed_dispatch import webhook_key
+from keyed_dispatch.postgres import EmbeddedPostgres, PostgresDispatcher, current_job, job_function, key_text
+from keyed_dispatch.postgres._schema import check_schema_name
 
 __all__ = [
+    "NOOP",
+    "RECORD",
+    "SLEEP",
     "BurstReport",
+    "Event",
     "check_events",
     "create_events_table",
     "noop",
@@ -47,6 +48,12 @@ __all__ = [
 
 _INSERT_EVENT = "INSERT INTO {s}.burst_events (job_id, attempt, keys, phase, pid) VALUES (%s, %s, %s, %s, %s)"
 _READ_EVENTS = "SELECT id, job_id, attempt, keys, phase, pid FROM {s}.burst_events ORDER BY id"
+
+#: The job path of :func:`record_webhook`, for ``submit``.
+RECORD = "keyed_dispatch.demo._recording:record_webhook"
+#: The job paths of :func:`noop` and :func:`sleep`.
+NOOP = "keyed_dispatch.demo._recording:noop"
+SLEEP = "keyed_dispatch.demo._recording:sleep"
 
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT", "LTC/USDT")
 
@@ -89,8 +96,6 @@ def record_webhook(
     ``first_attempt_s`` adds work to the first attempt only: a job whose
     worker is killed or frozen meanwhile, and whose re-run is quick.
     """
-    from ._worker import current_job  # noqa: PLC0415  # import cycle
-
     job = current_job()
     insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
     keys = [key_text(key) for key in job.keys]
@@ -197,7 +202,7 @@ def submit_burst(
             chosen = rng.sample(pool, 2) if keys > 1 and rng.random() < multi else [rng.choice(pool)]
             future = dispatcher.submit_multi(
                 chosen,
-                "keyed_dispatch.postgres._burst:record_webhook",
+                RECORD,
                 submitter,
                 seq,
                 events_dsn=dsn,
@@ -253,8 +258,6 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from ._embedded import EmbeddedPostgres  # noqa: PLC0415  # optional dependency
-
     with EmbeddedPostgres() as server:
         yield server.dsn
 
@@ -321,7 +324,7 @@ def run_distributed_burst(
                     [
                         sys.executable,
                         "-c",
-                        "from keyed_dispatch.postgres._burst import _submitter_process; _submitter_process()",
+                        "from keyed_dispatch.demo._recording import _submitter_process; _submitter_process()",
                         json.dumps(
                             {
                                 "dsn": url,

@@ -1,6 +1,6 @@
 """A fake exchange for the demo and the examples: in-process, with latency.
 
-It models what makes the seed's race possible: every call is a network round
+It models what makes the webhook race possible: every call is a network round
 trip, and an order exists at the exchange from the moment the request lands
 there (half-way through the call), not from the moment the caller gets the
 answer. ``cancel_all`` is what many exchange clients do under the hood: list
@@ -53,7 +53,7 @@ class FakeExchange:
     Args:
         latency: seconds per call.
         jitter: relative spread of the latency, in ``[0, 1)``.
-        seed: seeds the jitter.
+        seed: the random seed of the jitter.
         max_notional: a LIMIT order with ``price * qty`` above this is
             refused with ExchangeError (the exchange's "insufficient
             balance"); None accepts every order.

@@ -27,11 +27,9 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from keyed_dispatch import AsyncKeyedDispatcher, KeyedDispatcher  # noqa: E402
-from keyed_dispatch._demo_exchange import FakeExchange  # noqa: E402
-from keyed_dispatch._demo_store import OrderStore  # noqa: E402
-from keyed_dispatch._demo_webhooks import WebhookHandler, audit, parse_webhook  # noqa: E402
+from keyed_dispatch.demo import FakeExchange, OrderStore, WebhookHandler, audit, parse_webhook  # noqa: E402
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEADLINE = 30.0
 
 

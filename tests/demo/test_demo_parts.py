@@ -10,20 +10,27 @@ from typing import Any
 
 import pytest
 
-from keyed_dispatch import _demo
-from keyed_dispatch._demo import Burst, DemoOptions, Harness, ModeResult, Progress, make_burst, run_mode
-from keyed_dispatch._demo_exchange import ExchangeError, FakeExchange
-from keyed_dispatch._demo_locks import LockPoolExhaustedError, WebhookLockManager
-from keyed_dispatch._demo_store import OrderStore
-from keyed_dispatch._demo_webhooks import (
+from keyed_dispatch import demo, webhook_key
+from keyed_dispatch.demo import (
+    Burst,
+    DemoOptions,
+    ExchangeError,
+    FakeExchange,
+    Harness,
     InvalidWebhookError,
     LimitOrder,
+    LockPoolExhaustedError,
+    ModeResult,
+    OrderStore,
+    Progress,
     Webhook,
     WebhookHandler,
+    WebhookLockManager,
     audit,
+    make_burst,
     parse_webhook,
+    run_mode,
 )
-from keyed_dispatch._keys import webhook_key
 
 ONE = (LimitOrder("buy", Decimal(100), Decimal("0.1")),)
 ONE_LIMIT = {"type": "LIMIT", "side": "sell", "price": "1", "qty": "1"}
@@ -142,7 +149,7 @@ def test_parse_webhook_names_the_bad_field(payload: object, message: str) -> Non
         parse_webhook(payload)
 
 
-def test_parse_webhook_reads_the_issue_example() -> None:
+def test_parse_webhook_reads_the_documented_example() -> None:
     hook = parse_webhook(
         {
             "strategy_id": 1,
@@ -190,7 +197,7 @@ def test_lock_manager_sorts_times_out_and_bounds_its_pool(caplog: pytest.LogCapt
 
 
 def test_lock_timeouts_count_as_failed_webhooks() -> None:
-    # The seed's timeout drops webhooks under contention: with a 1 ms
+    # The lock manager's timeout drops webhooks under contention: with a 1 ms
     # timeout and 20 webhooks on one key, all but the first few time out.
     options = DemoOptions(webhooks=20, keys=1, latency_ms=5, threads=20, lock_timeout=0.001)
     result = run_mode("locks", make_burst(options), options)
@@ -213,7 +220,7 @@ def test_a_new_mode_is_one_function(monkeypatch: pytest.MonkeyPatch) -> None:
         harness.fire(admit, lambda webhook, token: harness.handler.handle(webhook))
         return harness.result("refusing")
 
-    monkeypatch.setitem(_demo.MODES, "refusing", refusing)
+    monkeypatch.setitem(demo.MODES, "refusing", refusing)
     options = DemoOptions(webhooks=10, keys=2, latency_ms=0, threads=1)
     result = run_mode("refusing", make_burst(options), options)
     assert (result.mode, result.failed, result.failures) == ("refusing", 5, {"RuntimeError": 5})

@@ -72,8 +72,9 @@ class OrderStore:
     def mark_cancelled(self, strategy_id: Hashable, symbol: str) -> int:
         """Mark every open row of one key cancelled; return how many changed.
 
-        This is what the seed's handler does after the exchange's CANCEL_ALL:
-        it believes all of the key's orders are now cancelled.
+        This is what the handler of the lock-manager design does after the
+        exchange's CANCEL_ALL: it believes all of the key's orders are now
+        cancelled.
         """
         with self._lock, self._transaction():
             cursor = self._db.execute(

@@ -1,9 +1,9 @@
-"""The seed's Phase 3 test: the webhook race, reproduced and fixed.
+"""The webhook race, reproduced and fixed.
 
 Runs ``python -m keyed_dispatch demo`` small and asserts what the demo
 claims: ``keyed`` is clean on every run, ``unsafe`` leaves the exchange and
-the database disagreeing, and the seed's lock-per-key design serializes but
-applies webhooks out of arrival order.
+the database disagreeing, and the lock-manager design's lock per key
+serializes but applies webhooks out of arrival order.
 """
 
 from __future__ import annotations
@@ -14,10 +14,17 @@ from decimal import Decimal
 
 import pytest
 
-from keyed_dispatch import _demo
-from keyed_dispatch._demo import Burst, DemoOptions, ModeResult, Progress, make_burst, run_mode
-from keyed_dispatch._demo_webhooks import LimitOrder, Webhook
-from keyed_dispatch._keys import webhook_key
+from keyed_dispatch import demo, webhook_key
+from keyed_dispatch.demo import (
+    Burst,
+    DemoOptions,
+    LimitOrder,
+    ModeResult,
+    Progress,
+    Webhook,
+    make_burst,
+    run_mode,
+)
 
 # 120 webhooks on 8 keys from 32 request threads, 5 ms per exchange call:
 # about 0.3 s per mode. With 32 handlers in flight over 8 keys, about four
@@ -115,7 +122,7 @@ class _Terminal(io.StringIO):
 
 @pytest.mark.slow
 def test_cli_prints_a_table_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    status = _demo.main(["--webhooks", "40", "--keys", "4", "--latency-ms", "1", "--threads", "8"])
+    status = demo.main(["--webhooks", "40", "--keys", "4", "--latency-ms", "1", "--threads", "8"])
     out, err = capsys.readouterr()
     assert status == 0
     lines = out.splitlines()
@@ -131,7 +138,7 @@ def test_cli_prints_a_table_and_progress(capsys: pytest.CaptureFixture[str]) -> 
 
 
 def test_cli_json_output_for_one_mode(capsys: pytest.CaptureFixture[str]) -> None:
-    status = _demo.main(["--webhooks", "12", "--keys", "2", "--latency-ms", "0", "--mode", "keyed", "--json"])
+    status = demo.main(["--webhooks", "12", "--keys", "2", "--latency-ms", "0", "--mode", "keyed", "--json"])
     out, _ = capsys.readouterr()
     assert status == 0
     data = json.loads(out)
@@ -146,13 +153,13 @@ def test_cli_exits_1_when_keyed_shows_an_error(monkeypatch: pytest.MonkeyPatch) 
     def broken_keyed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
         return ModeResult("keyed", len(burst.webhooks), 0, 1, 0, 0, 0, len(burst.keys), 1.0, 1.0, 1.0, 1.0)
 
-    monkeypatch.setitem(_demo.MODES, "keyed", broken_keyed)
-    assert _demo.main(["--webhooks", "3", "--mode", "keyed", "--json"]) == 1
+    monkeypatch.setitem(demo.MODES, "keyed", broken_keyed)
+    assert demo.main(["--webhooks", "3", "--mode", "keyed", "--json"]) == 1
 
 
 def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        _demo.main(["--keys", "0"])
+        demo.main(["--keys", "0"])
     assert exit_info.value.code == 2
     assert "keys" in capsys.readouterr().err
 
@@ -199,6 +206,6 @@ def test_options_are_validated(bad: dict[str, float]) -> None:
 
 def test_modes_registry_refuses_a_duplicate_name() -> None:
     with pytest.raises(ValueError, match="already registered"):
-        _demo.register_mode("keyed", _demo.MODES["keyed"])
+        demo.register_mode("keyed", demo.MODES["keyed"])
     with pytest.raises(KeyError):
         run_mode("no-such-mode", make_burst(DemoOptions(webhooks=1)), DemoOptions(webhooks=1))

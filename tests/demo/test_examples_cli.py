@@ -1,4 +1,4 @@
-"""The examples and the demo run as the README documents them (real subprocesses)."""
+"""The examples and the demo run as the docs describe them (real subprocesses)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEADLINE = 60.0
 WEBHOOK = {
     "strategy_id": 1,

@@ -1,10 +1,10 @@
-"""The seed's WebhookLockManager, rebuilt as the demo's ``locks`` baseline.
+"""The lock-manager design's WebhookLockManager: the demo's ``locks`` baseline.
 
-A faithful reimplementation of the design this project replaces (see
-``seed-webhook-concurrency-fix.md``): a ``threading.Lock`` per
-``(strategy_id, symbol)`` in a bounded pool, acquired in sorted order (no
-deadlock for multi-symbol webhooks) with a timeout, and the seed's log
-lines. It serializes same-key webhooks, but it does not order them:
+A faithful reimplementation of the design keyed_dispatch replaces: a
+``threading.Lock`` per ``(strategy_id, symbol)`` in a bounded pool,
+acquired in sorted order (no deadlock for multi-symbol webhooks) with a
+timeout, and the design's log lines. It serializes same-key webhooks, but
+it does not order them:
 
 * ``threading.Lock`` is not fair: when it is released, whichever waiter the
   OS wakes (or a thread that just arrived) gets it, not the oldest waiter.
@@ -39,8 +39,8 @@ class WebhookLockManager:
     """A lock per strategy/symbol, acquired in sorted order with a timeout.
 
     Args:
-        max_locks: the pool bound (the seed's ``MAX_WEBHOOK_LOCKS``).
-        wait_warning: a wait this long is logged at WARNING (the seed: 5 s).
+        max_locks: the pool bound (the design's ``MAX_WEBHOOK_LOCKS``).
+        wait_warning: a wait this long is logged at WARNING (the design: 5 s).
     """
 
     def __init__(self, max_locks: int = 1000, wait_warning: float = 5.0) -> None:

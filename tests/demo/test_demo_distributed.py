@@ -22,9 +22,22 @@ pytest.importorskip("psycopg")
 
 import psycopg
 
-from keyed_dispatch import _demo
-from keyed_dispatch._demo import Burst, DemoOptions, ModeResult, Progress, make_burst, run_mode
-from keyed_dispatch._demo_distributed import (
+from keyed_dispatch import demo
+from keyed_dispatch.demo import (
+    Burst,
+    DemoOptions,
+    ExchangeError,
+    ExchangeOrder,
+    LimitOrder,
+    ModeResult,
+    Progress,
+    Webhook,
+    WebhookHandler,
+    audit,
+    make_burst,
+    run_mode,
+)
+from keyed_dispatch.demo._distributed import (
     SharedExchange,
     SharedOrderStore,
     _Connections,
@@ -34,8 +47,6 @@ from keyed_dispatch._demo_distributed import (
     submit_share,
     webhook_payload,
 )
-from keyed_dispatch._demo_exchange import ExchangeError, ExchangeOrder
-from keyed_dispatch._demo_webhooks import LimitOrder, Webhook, WebhookHandler, audit
 from tests.conftest import WorkerFactory
 
 # 48 webhooks on 4 keys, 8 request threads and 8 worker threads in all, 5 ms
@@ -71,7 +82,7 @@ def connections(pg_dsn: str) -> Iterator[_Connections]:
 
 @pytest.mark.slow
 def test_distributed_row_is_clean(pg_dsn: str, capsys: pytest.CaptureFixture[str]) -> None:
-    status = _demo.main([*SMALL, "--mode", "distributed", "--dsn", pg_dsn, "--json"])
+    status = demo.main([*SMALL, "--mode", "distributed", "--dsn", pg_dsn, "--json"])
     out, err = capsys.readouterr()
     assert status == 0, err
     data = json.loads(out)
@@ -232,17 +243,17 @@ def test_cli_exits_1_when_distributed_shows_an_error(monkeypatch: pytest.MonkeyP
             "distributed", len(burst.webhooks), 0, 0, 1, 0, 0, len(burst.keys), 1.0, 1.0, 1.0, 1.0
         )
 
-    monkeypatch.setitem(_demo.MODES, "distributed", broken)
+    monkeypatch.setitem(demo.MODES, "distributed", broken)
     # With --dsn no server is started: the mode gets the DSN as given.
-    assert _demo.main(["--webhooks", "3", "--mode", "distributed", "--dsn", "host=nowhere", "--json"]) == 1
+    assert demo.main(["--webhooks", "3", "--mode", "distributed", "--dsn", "host=nowhere", "--json"]) == 1
     assert seen == ["host=nowhere"]
 
 
 def test_default_run_leaves_the_postgres_modes_out(capsys: pytest.CaptureFixture[str]) -> None:
-    assert _demo.main(["--webhooks", "4", "--keys", "2", "--latency-ms", "0", "--json"]) == 0
+    assert demo.main(["--webhooks", "4", "--keys", "2", "--latency-ms", "0", "--json"]) == 0
     modes = [row["mode"] for row in json.loads(capsys.readouterr().out)["results"]]
     assert modes == ["unsafe", "locks", "keyed"]
-    assert {"distributed", "distributed-unsafe"} == _demo.POSTGRES_MODES
+    assert {"distributed", "distributed-unsafe"} == demo.POSTGRES_MODES
 
 
 def test_distributed_flag_adds_the_row_to_the_chosen_modes(
@@ -254,9 +265,9 @@ def test_distributed_flag_adds_the_row_to_the_chosen_modes(
         ran.set()
         return ModeResult("distributed", len(burst.webhooks), 0, 0, 0, 0, 0, len(burst.keys), 1.0, 1.0, 1, 1)
 
-    monkeypatch.setitem(_demo.MODES, "distributed", fake)
+    monkeypatch.setitem(demo.MODES, "distributed", fake)
     argv = ["--webhooks", "2", "--latency-ms", "0", "--mode", "keyed", "--distributed", "--dsn", "x"]
-    assert _demo.main(argv) == 0
+    assert demo.main(argv) == 0
     assert ran.is_set()
     out = capsys.readouterr().out
     assert "2 submitter and 2 worker processes" in out

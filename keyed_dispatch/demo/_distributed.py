@@ -1,6 +1,6 @@
 """The demo's ``distributed`` row: the same burst through PostgreSQL, across processes.
 
-The burst of :func:`keyed_dispatch._demo.make_burst` (the same webhooks,
+The burst of :func:`~keyed_dispatch.demo.make_burst` (the same webhooks,
 keys and handler as the other rows) is submitted by ``options.submitters``
 submitter processes through :class:`~keyed_dispatch.postgres.PostgresDispatcher`
 and handled by ``options.workers`` worker processes
@@ -38,8 +38,9 @@ clock.
 
 ``ordered=False`` is the control experiment: each webhook is submitted on a
 key of its own, so the queue orders nothing and the handlers of one
-``(strategy, symbol)`` overlap across workers, as the seed's service would
-with several processes. It shows that the shared exchange races.
+``(strategy, symbol)`` overlap across workers, as a service guarded by
+in-process locks (the lock-manager design) would with several processes. It
+shows that the shared exchange races.
 """
 
 from __future__ import annotations
@@ -60,12 +61,20 @@ from typing import IO, Any
 
 import psycopg
 
-from ._demo import Burst, DemoOptions, ModeResult, Progress, _percentile
-from ._demo_exchange import ExchangeError, ExchangeOrder, FakeExchange
-from ._demo_store import OrderRow
-from ._demo_webhooks import ProcessingLog, Webhook, WebhookHandler, audit, parse_webhook
-from .postgres import EmbeddedPostgres, JobFailed, PostgresDispatcher, current_job, job_function, key_text
-from .postgres._schema import check_schema_name
+from keyed_dispatch.postgres import (
+    EmbeddedPostgres,
+    JobFailed,
+    PostgresDispatcher,
+    current_job,
+    job_function,
+    key_text,
+)
+from keyed_dispatch.postgres._schema import check_schema_name
+
+from ._exchange import ExchangeError, ExchangeOrder, FakeExchange
+from ._run import Burst, DemoOptions, ModeResult, Progress, percentile
+from ._store import OrderRow
+from ._webhooks import ProcessingLog, Webhook, WebhookHandler, audit, parse_webhook
 
 __all__ = [
     "SharedExchange",
@@ -84,7 +93,7 @@ __all__ = [
 #: in job rows nor shown in a process list.
 DSN_VARIABLE = "KEYED_DISPATCH_DSN"
 
-HANDLER = "keyed_dispatch._demo_distributed:handle_webhook"
+HANDLER = "keyed_dispatch.demo._distributed:handle_webhook"
 
 _WORLD = """
 CREATE SCHEMA {w};
@@ -593,7 +602,7 @@ def _run_processes(
     workers = [
         _spawn(
             ["-m", "keyed_dispatch", "worker", "--schema", queue, "--name", name, "--concurrency",
-             str(concurrency), "--poll-interval", "0.5", "--import", "keyed_dispatch._demo_distributed",
+             str(concurrency), "--poll-interval", "0.5", "--import", "keyed_dispatch.demo._distributed",
              "--log-level", "WARNING"],
             env,
         )
@@ -615,7 +624,7 @@ def _run_processes(
                 "seed": options.seed,
             }
             proc = _spawn(
-                ["-c", "from keyed_dispatch._demo_distributed import _submitter_main; _submitter_main()"],
+                ["-c", "from keyed_dispatch.demo._distributed import _submitter_main; _submitter_main()"],
                 env,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
@@ -716,7 +725,7 @@ def _result(
         keys=len(burst.keys),
         seconds=seconds,
         throughput=len(applied) / seconds if seconds > 0 else math.inf,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
+        p50_ms=percentile(latencies, 0.50) * 1000,
+        p99_ms=percentile(latencies, 0.99) * 1000,
         failures=failures,
     )

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-WORKER = Path(__file__).resolve().parent.parent / "examples" / "outbox_worker.py"
+WORKER = Path(__file__).resolve().parents[2] / "examples" / "outbox_worker.py"
 DEADLINE = 60.0
 MESSAGES = 600
 KEYS = 6
@@ -38,7 +38,7 @@ def worker(db: Path, run_id: str, *more: str) -> subprocess.Popen[bytes]:
 def test_killed_worker_resumes_without_losing_or_reordering(tmp_path: Path) -> None:
     db = tmp_path / "outbox.db"
     subprocess.run(  # noqa: S603 - idem
-        [sys.executable, str(WORKER), "seed", str(db), "--messages", str(MESSAGES), "--keys", str(KEYS)],
+        [sys.executable, str(WORKER), "fill", str(db), "--messages", str(MESSAGES), "--keys", str(KEYS)],
         check=True,
     )
     # One message fails every time: it must end up dead-lettered, not lost.

