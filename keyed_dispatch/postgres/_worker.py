@@ -196,9 +196,23 @@ def _backoff(failures: int) -> float:
     return min(2.0, 0.05 * float(2 ** min(failures, 6)))
 
 
-def _lost(conn: psycopg.Connection[Any]) -> bool:
-    """Whether ``conn`` is gone (after an error): the only failure worth a retry."""
-    return conn.broken or conn.closed
+# Errors that a live connection may raise and that pass: a statement timeout
+# set by the DBA, a lock or serialization conflict.
+_TRANSIENT = (
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.TransactionRollback,
+)
+
+
+def _retryable(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    """Whether the worker should reconnect and go on after ``exc`` on ``conn``.
+
+    Yes for a lost connection and a transient error; no for the database
+    refusing a statement (a missing schema, missing rights), which would
+    only repeat.
+    """
+    return conn.broken or conn.closed or isinstance(exc, _TRANSIENT)
 
 
 def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -300,8 +314,8 @@ class _Worker:
                             pool.submit(self._execute, job)
                     failures = 0
                 except (psycopg.Error, DatabaseUnavailable) as exc:
-                    if conn is not None and not _lost(conn):
-                        raise  # the database refused a statement: not a lost connection
+                    if conn is not None and not _retryable(conn, exc):
+                        raise
                     failures += 1
                     if conn is not None:
                         conn.close()
@@ -397,7 +411,7 @@ class _Worker:
                 (job.job_id, job.attempt, state, result, error_type, error_message),
             ).fetchone()
         except psycopg.Error as exc:
-            if _lost(conn) or state != "completed":
+            if _retryable(conn, exc) or state != "completed":
                 raise
             # The database refused the result (too large for jsonb, ...):
             # the job fails with that reason rather than blocking its keys.
