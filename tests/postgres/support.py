@@ -45,10 +45,11 @@ def durable(dsn: str) -> str:
 class LossyProxy:
     """A TCP proxy on 127.0.0.1 to the server's Unix socket that can lose an acknowledgement.
 
-    After :meth:`arm`, the first connection whose client sends ``marker``
-    (part of a statement's text) is cut once the server has answered that
-    statement completely (its ReadyForQuery) and before the answer is
-    forwarded: the statement ran and committed, the client never hears so.
+    After :meth:`arm`, the next connections (``times`` of them) whose client
+    sends ``marker`` (part of a statement's text) are cut once the server has
+    answered that statement completely (its ReadyForQuery) and before the
+    answer is forwarded: the statement ran and committed, the client never
+    hears so. :attr:`cuts` counts them.
     """
 
     def __init__(self, dsn: str) -> None:
@@ -67,16 +68,17 @@ class LossyProxy:
         )
         self._lock = threading.Lock()
         self._marker: bytes | None = None  # guarded by _lock
-        self.cut = threading.Event()
+        self._times = 0  # guarded by _lock
+        self.cuts = 0  # guarded by _lock
         self._sockets: list[socket.socket] = []  # guarded by _lock
         self._threads: list[threading.Thread] = []
         self._accepter = threading.Thread(target=self._accept, name="lossy-proxy", daemon=True)
         self._accepter.start()
 
-    def arm(self, marker: bytes) -> None:
-        """Lose the answer to the next statement whose text holds ``marker``."""
+    def arm(self, marker: bytes, times: int = 1) -> None:
+        """Lose the answers to the next ``times`` statements whose text holds ``marker``."""
         with self._lock:
-            self._marker = marker
+            self._marker, self._times = marker, times
 
     def _accept(self) -> None:
         while True:
@@ -100,8 +102,8 @@ class LossyProxy:
             while data := client.recv(65536):
                 seen = (seen + data)[-4096:]
                 with self._lock:
-                    if self._marker is not None and self._marker in seen:
-                        self._marker = None
+                    if self._times and self._marker is not None and self._marker in seen:
+                        self._times -= 1
                         doomed.set()  # before the statement reaches the server
                 upstream.sendall(data)
         with contextlib.suppress(OSError):
@@ -120,7 +122,8 @@ class LossyProxy:
                     if not doomed.is_set():
                         client.sendall(message)
                     elif message[:1] == b"Z":  # the doomed statement's answer is complete
-                        self.cut.set()
+                        with self._lock:
+                            self.cuts += 1
                         _cut(client)
                         _cut(upstream)
                         return

@@ -625,9 +625,22 @@ def test_a_submit_whose_acknowledgement_is_lost_returns_its_job(
             d.stats()
         lossy_proxy.arm(f"{pg_schema}.submit(".encode())
         future = d.submit("k", "tests.postgres.tasks:echo", "once")
-        assert lossy_proxy.cut.is_set()  # the commit's answer was lost
+        assert lossy_proxy.cuts == 1  # the commit's answer was lost
         assert sql(pg_dsn, f"SELECT id FROM {pg_schema}.jobs") == [(future.job_id,)]  # one job, not two
         assert future.result(20) == {"args": ["once"], "kwargs": {}}
+
+
+def test_a_submit_that_loses_new_connections_twice_raises_and_may_have_queued_its_job(
+    pg_dsn: str, pg_schema: str, lossy_proxy: LossyProxy
+) -> None:
+    with PostgresDispatcher(lossy_proxy.dsn, schema=pg_schema) as d:
+        lossy_proxy.arm(f"{pg_schema}.submit(".encode(), times=2)
+        with pytest.raises(DatabaseUnavailable, match="twice"):
+            d.submit("k", "tests.postgres.tasks:echo")
+        assert lossy_proxy.cuts == 2
+        # As documented: the job was queued, once (the retry found it by its token).
+        assert len(sql(pg_dsn, f"SELECT id FROM {pg_schema}.jobs")) == 1
+        assert d.stats().awaiting == 0
 
 
 def test_acknowledged_jobs_survive_a_server_crash(crash_server: EmbeddedPostgres) -> None:
