@@ -1,21 +1,18 @@
 """The guarantees across processes: submitter and worker processes on one server."""
 
-# ruff: noqa: S603, S608  # the tests run our own interpreter and build SQL from test schema names
+# ruff: noqa: S608  # the tests run our own interpreter and build SQL from test schema names
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
+from keyed_dispatch import StartTimeout  # noqa: E402
 from keyed_dispatch.demo._recording import (  # noqa: E402
     check_events,
     create_events_table,
@@ -23,43 +20,11 @@ from keyed_dispatch.demo._recording import (  # noqa: E402
     run_distributed_burst,
 )
 from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
+from tests.postgres.support import Spawn, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 RECORD = "keyed_dispatch.demo._recording:record_webhook"
-# The repository root, so that workers import ``tests.pg_tasks``.
-ROOT = str(Path(__file__).parent.parent)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0) -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
-
-
-@pytest.fixture
-def spawn(pg_dsn: str, pg_schema: str) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Start worker processes (``python -m keyed_dispatch worker``); killed at teardown."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*extra: str) -> subprocess.Popen[str]:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-        argv = [sys.executable, "-m", "keyed_dispatch", "worker", "--dsn", pg_dsn, "--schema", pg_schema]
-        argv += ["--concurrency", "2", "--poll-interval", "0.2", "--log-level", "WARNING", *extra]
-        proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGCONT)
-            proc.terminate()
-    for proc in procs:
-        proc.communicate(timeout=30)
 
 
 def test_submitters_and_workers_in_separate_processes(pg_dsn: str) -> None:
@@ -72,9 +37,7 @@ def test_submitters_and_workers_in_separate_processes(pg_dsn: str) -> None:
     assert report.ok
 
 
-def test_sigkill_mid_job_loses_nothing_and_keeps_order(
-    pg_dsn: str, pg_schema: str, spawn: Callable[..., subprocess.Popen[str]]
-) -> None:
+def test_sigkill_mid_job_loses_nothing_and_keeps_order(pg_dsn: str, pg_schema: str, spawn: Spawn) -> None:
     create_events_table(pg_dsn, pg_schema)
     workers = {proc.pid: proc for proc in (spawn("--lease", "1"), spawn("--lease", "1"))}
     kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
@@ -101,9 +64,7 @@ def test_sigkill_mid_job_loses_nothing_and_keeps_order(
     print(f"failover after SIGKILL: {failover:.2f} s (lease 1 s)")
 
 
-def test_a_frozen_workers_late_result_is_rejected(
-    pg_dsn: str, pg_schema: str, spawn: Callable[..., subprocess.Popen[str]]
-) -> None:
+def test_a_frozen_workers_late_result_is_rejected(pg_dsn: str, pg_schema: str, spawn: Spawn) -> None:
     create_events_table(pg_dsn, pg_schema)
     workers = {proc.pid: proc for proc in (spawn("--lease", "1"), spawn("--lease", "1"))}
     kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
@@ -117,7 +78,7 @@ def test_a_frozen_workers_late_result_is_rejected(
         os.kill(zombie, signal.SIGCONT)
         # The zombie finishes its attempt and reports it: rejected by the fence.
         wait_until(lambda: any(e.attempt == 1 and e.phase == "end" for e in read_events(pg_dsn, pg_schema)))
-        after = d.submit("k", "tests.pg_tasks:context")
+        after = d.submit("k", "tests.postgres.tasks:context")
         assert after.result(30)["attempt"] == 1
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         row = conn.execute(
@@ -129,3 +90,29 @@ def test_a_frozen_workers_late_result_is_rejected(
     proc.terminate()
     _, err = proc.communicate(timeout=30)
     assert f"result of job {job.job_id} attempt 1 rejected" in err
+
+
+def test_a_job_started_in_time_runs_again_after_its_worker_dies_past_the_start_deadline(
+    pg_dsn: str, pg_schema: str, spawn: Spawn
+) -> None:
+    # The start deadline (1 s) passes while the job runs; the lease (3 s)
+    # expires later, after the SIGKILL. The deadline was met by the first
+    # start: the job is queued again and re-run, not expired.
+    create_events_table(pg_dsn, pg_schema)
+    workers = {proc.pid: proc for proc in (spawn("--lease", "3"), spawn("--lease", "3"))}
+    kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2, start_timeout=1.0) as d:
+        # A worker is up and claiming before the timed job is submitted.
+        assert d.submit("warm-up", "tests.postgres.tasks:context").result(30)["attempt"] == 1
+        job = d.submit("k", RECORD, 0, 0, first_attempt_s=60.0, **kw)
+        wait_until(lambda: any(e.job_id == job.job_id for e in read_events(pg_dsn, pg_schema)))
+        pid = next(e.pid for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id)
+        os.kill(pid, signal.SIGKILL)
+        workers[pid].wait(30)
+        try:
+            outcome = job.result(30)
+        except StartTimeout as exc:
+            raise AssertionError(f"the job that had started was expired: {exc}") from exc
+        assert outcome["attempt"] == 2
+    starts = [e for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id and e.phase == "start"]
+    assert [e.attempt for e in starts] == [1, 2]
