@@ -38,7 +38,14 @@ from typing import Any, TypeAlias, TypeVar
 
 import pytest
 
-from keyed_dispatch import AsyncKeyedDispatcher, DispatcherConfig, DispatcherStats, KeyedDispatcher
+from keyed_dispatch import (
+    AsyncKeyedDispatcher,
+    DispatcherConfig,
+    DispatcherStats,
+    JobContext,
+    KeyedDispatcher,
+    KeyInfo,
+)
 from keyed_dispatch.testing import OrderRecorder
 from tests.helpers import WAIT, close_and_check, new_dispatcher
 
@@ -123,10 +130,32 @@ class Runner(ABC):
         """Admit one job on every key in ``keys``."""
 
     @abstractmethod
+    def submit_with(
+        self, options: dict[str, Any], keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        """``options(**options).submit_multi(keys, fn, *args)``."""
+
+    @abstractmethod
     def stats(self) -> DispatcherStats: ...
 
     @abstractmethod
     def resume(self, key: Hashable) -> bool: ...
+
+    @abstractmethod
+    def pause(self, key: Hashable) -> bool: ...
+
+    @abstractmethod
+    def cancel_pending(self, key: Hashable) -> int: ...
+
+    @abstractmethod
+    def key_info(self, key: Hashable) -> KeyInfo: ...
+
+    @abstractmethod
+    def keys(self, limit: int | None = None) -> list[KeyInfo]: ...
+
+    @abstractmethod
+    def current_job(self) -> JobContext | None:
+        """The dispatcher's ``current_job()``; call it from inside a job (a plain function)."""
 
     @abstractmethod
     def halted_keys(self) -> frozenset[Hashable]: ...
@@ -212,11 +241,31 @@ class ThreadRunner(Runner):
     ) -> concurrent.futures.Future[Any]:
         return self.dispatcher.submit_multi(keys, fn, *args, **kwargs)
 
+    def submit_with(
+        self, options: dict[str, Any], keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        return self.dispatcher.options(**options).submit_multi(keys, fn, *args)
+
     def stats(self) -> DispatcherStats:
         return self.dispatcher.stats()
 
     def resume(self, key: Hashable) -> bool:
         return self.dispatcher.resume(key)
+
+    def pause(self, key: Hashable) -> bool:
+        return self.dispatcher.pause(key)
+
+    def cancel_pending(self, key: Hashable) -> int:
+        return self.dispatcher.cancel_pending(key)
+
+    def key_info(self, key: Hashable) -> KeyInfo:
+        return self.dispatcher.key_info(key)
+
+    def keys(self, limit: int | None = None) -> list[KeyInfo]:
+        return self.dispatcher.keys(limit)
+
+    def current_job(self) -> JobContext | None:
+        return self.dispatcher.current_job()
 
     def halted_keys(self) -> frozenset[Hashable]:
         return self.dispatcher.halted_keys()
@@ -450,6 +499,11 @@ class AsyncioRunner(Runner):
         self._await(start())
         return mirror
 
+    def submit_with(
+        self, options: dict[str, Any], keys: Iterable[Hashable], fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        return self._submit(self.dispatcher.options(**options).submit_multi, keys, fn, args, {})
+
     def stats(self) -> DispatcherStats:
         if self._final is not None:
             return self._final
@@ -457,6 +511,22 @@ class AsyncioRunner(Runner):
 
     def resume(self, key: Hashable) -> bool:
         return self.call(self.dispatcher.resume, key)
+
+    def pause(self, key: Hashable) -> bool:
+        return self.call(self.dispatcher.pause, key)
+
+    def cancel_pending(self, key: Hashable) -> int:
+        return self.call(self.dispatcher.cancel_pending, key)
+
+    def key_info(self, key: Hashable) -> KeyInfo:
+        return self.call(self.dispatcher.key_info, key)
+
+    def keys(self, limit: int | None = None) -> list[KeyInfo]:
+        return self.call(self.dispatcher.keys, limit)
+
+    def current_job(self) -> JobContext | None:
+        # Jobs run on the loop's thread: called from a job, this is that thread.
+        return self.dispatcher.current_job()
 
     def halted_keys(self) -> frozenset[Hashable]:
         return self.call(self.dispatcher.halted_keys)
