@@ -656,8 +656,11 @@ class AsyncKeyedDispatcher(Runner):
                 if not future.done():
                     future.set_exception(exc)
                 self._finish(task, job, FAILED, exc)
-                if not isinstance(exc, Exception):
-                    raise  # KeyboardInterrupt, SystemExit: as asyncio tasks do
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    # As asyncio tasks do: these stop the loop. Any other
+                    # exception is the future's alone; re-raised, it would
+                    # also fail the task, which nobody awaits.
+                    raise
             else:
                 if not future.done():
                     future.set_result(result)

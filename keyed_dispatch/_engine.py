@@ -47,12 +47,14 @@ worker behind jobs.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._config import DispatcherConfig
 from ._errors import KeyHalted, StartTimeout
+from ._keys import KeysText
 from ._stats import DispatcherStats
 
 __all__ = [
@@ -68,6 +70,8 @@ __all__ = [
     "Job",
     "outcome_of",
 ]
+
+logger = logging.getLogger("keyed_dispatch")
 
 # Job states (ints: compared on the hot path).
 QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
@@ -91,6 +95,51 @@ SUPERSEDED = 4
 def outcome_of(error: BaseException) -> int:
     """The outcome of a job taken with ``error`` set (see Engine.take)."""
     return TIMED_OUT if isinstance(error, StartTimeout) else FAILED
+
+
+def _key_in(key: Hashable, keys: set[Hashable] | dict[Hashable, Any]) -> bool:
+    # ``key in keys`` for the halted and paused tables, which outlive shards:
+    # there a key whose __eq__ raises can meet any later key, inside a take
+    # or a release, where an exception would leave a job half-started. A key
+    # that cannot be compared is not that key.
+    try:
+        return key in keys
+    except Exception:  # noqa: BLE001 - a user's __eq__; see above
+        return False
+
+
+def _same_key(a: object, b: object) -> bool:
+    # Whether two keys are one for a dict, without raising.
+    if a is b:
+        return True
+    try:
+        return hash(a) == hash(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - a user's __eq__ or __hash__; see _key_in
+        return False
+
+
+class _Orphan:
+    """Stands for a key that a mutation made equal to another live key.
+
+    Hashed and compared by identity: the shard filed under it stays apart
+    from the other key's, reachable by its jobs (see Engine._refile).
+    """
+
+    __slots__ = ()
+
+
+def _refiled(shards: dict[Hashable, Any]) -> dict[Hashable, Any]:
+    # The shard table re-hashed under the keys' current hashes (a key whose
+    # hash changed is found again). A key that now equals another, or
+    # cannot be compared with it, keeps its shard under an _Orphan.
+    refiled: dict[Hashable, Any] = {}
+    for stored, shard in shards.items():
+        try:
+            clash = stored in refiled
+        except Exception:  # noqa: BLE001 - a user's __eq__ or __hash__; its shard is kept apart
+            clash = True
+        refiled[_Orphan() if clash else stored] = shard
+    return refiled
 
 
 class Job:
@@ -272,9 +321,9 @@ class Engine:
     def _pop_head(self, key: Hashable, job: Job) -> deque[Job] | None:
         # Remove ``job``, the head of ``key``'s shard; return the rest, or
         # None (and drop the shard) if nothing is left.
-        try:
-            shard = self._shards[key]
-        except KeyError:
+        shard = self._shards.get(key)
+        if shard is not job and not (isinstance(shard, deque) and shard[0] is job):
+            # Not found, or another shard: the key's hash changed (_refile).
             key = self._refile(key, job)
             shard = self._shards[key]
         shards = self._shards
@@ -336,7 +385,7 @@ class Engine:
         # A runnable job on a paused key waits in ``_parked`` instead.
         paused = self._paused
         for key in job.keys:
-            if key in paused:
+            if _key_in(key, paused):
                 self._parked.append(job)
                 return True
         return False
@@ -379,9 +428,9 @@ class Engine:
         self._outcomes[outcome] += 1
         key = keys[0]
         shards = self._shards
-        try:
-            shard = shards[key]
-        except KeyError:
+        shard = shards.get(key)
+        if shard is not job and not (isinstance(shard, deque) and shard[0] is job):
+            # Not found, or another shard: the key's hash changed (_refile).
             key = self._refile(key, job)
             shards = self._shards
             shard = shards[key]
@@ -431,8 +480,9 @@ class Engine:
         return None
 
     def _check_halted(self, job: Job) -> None:
+        halted = self._halted
         for key in job.keys:
-            cause = self._halted.get(key)
+            cause = halted.get(key) if _key_in(key, halted) else None
             if cause is not None:
                 error = KeyHalted(key)
                 error.__cause__ = cause
@@ -452,7 +502,12 @@ class Engine:
         self._outcomes[outcome] += 1
         if outcome == FAILED and self._halt_on_error and error is not None:
             for key in job.keys:
-                self._halted[key] = error
+                try:
+                    self._halted[key] = error
+                except Exception:
+                    logger.exception(
+                        "cannot halt %s: comparing it with a halted key failed", KeysText((key,))
+                    )
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
@@ -498,19 +553,14 @@ class Engine:
         # ``key`` of ``job`` is not found: its hash changed after admission
         # (a mutated key: a user error, which must still not wedge the
         # dispatcher). Re-file the table under the keys' current hashes and
-        # return the key object under which ``job``'s shard is filed.
-        shards = self._shards
-        refiled = {stored: shard for stored, shard in shards.items()}  # noqa: C416 - re-hashes every key
-        if len(refiled) != len(shards):
-            raise RuntimeError(
-                f"a key changed its hash while it had jobs and now equals another live key: {key!r}; "
-                "keys must not be mutated after submission"
-            )
-        self._shards = refiled
-        if key in refiled:
-            return key
+        # return the key under which ``job``'s shard is filed now.
+        self._shards = refiled = _refiled(self._shards)
+        # The job is in the shards of its other keys too: skip those.
+        others = [other for other in job.keys if other is not key]
         for stored, shard in refiled.items():
-            if shard is job or (isinstance(shard, deque) and job in shard):
+            if (shard is job or (isinstance(shard, deque) and job in shard)) and not any(
+                _same_key(stored, other) for other in others
+            ):
                 return stored
         raise KeyError(key)
 
@@ -547,7 +597,8 @@ class Engine:
             del self._shards[key]
         except KeyError:
             # Its hash changed (see _refile): drop the shard by identity.
-            self._shards = {stored: other for stored, other in self._shards.items() if other is not shard}
+            refiled = _refiled(self._shards)
+            self._shards = {stored: other for stored, other in refiled.items() if other is not shard}
         if not self._shards:
             self._shards = {}
 
@@ -733,8 +784,8 @@ class Engine:
         The jobs parked by the pause become runnable again unless another
         of their keys is still paused.
         """
-        halted = self._halted.pop(key, None) is not None
-        if key not in self._paused:
+        halted = _key_in(key, self._halted) and self._halted.pop(key, None) is not None
+        if not _key_in(key, self._paused):
             return halted
         self._paused.discard(key)
         parked = self._parked
