@@ -140,6 +140,9 @@ class AsyncKeyedDispatcher(Runner):
 
     Args:
         max_concurrency: coroutine jobs running at once, at most.
+        name: the ``dispatcher`` label of its metrics.
+        metrics: record the wait and run histograms of :meth:`stats`, as
+            for :class:`KeyedDispatcher`.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
@@ -156,12 +159,17 @@ class AsyncKeyedDispatcher(Runner):
         max_pending: int | None = None,
         wait_warning: float | None = None,
         halt_on_error: bool = False,
+        name: str = "keyed-dispatch",
+        metrics: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
         if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
             max_concurrency = DEFAULT_MAX_CONCURRENCY
         settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
-        super().__init__(config, halt_on_error, *settings)
+        super().__init__(config, halt_on_error, *settings, metrics=metrics)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        self._name = name
         config = self._config
         # Read on every job: kept as attributes (the config is frozen).
         self._max = config.max_workers
@@ -169,7 +177,7 @@ class AsyncKeyedDispatcher(Runner):
         self._max_pending = config.max_pending
         self._start_timeout = config.start_timeout
         self._wait_warning = config.wait_warning
-        self._engine = Engine(halt_on_error=halt_on_error)
+        self._engine = Engine(halt_on_error=halt_on_error, metrics=metrics)
         # Bound on first use (_bind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -377,9 +385,11 @@ class AsyncKeyedDispatcher(Runner):
             engine.release(job, FAILED)
             self._after_retire()
             raise job.error
-        log_start(keys, job.waited, self._wait_warning)
+        log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
             holders[task] = keys
+        if engine.timings is not None:
+            job.started = self._time()
         try:
             result = await fn(*args, **kwargs)
         except CancelledError:
@@ -392,6 +402,8 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None:
             del holders[task]
         self._active -= 1
+        if job.started is not None:
+            self._ran(job)
         engine.release(job, COMPLETED)
         if self._room_waiters or self._closed or engine.has_runnable():
             self._after_retire()
@@ -579,8 +591,10 @@ class AsyncKeyedDispatcher(Runner):
             args = job.args
             kwargs = job.kwargs
             job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-            log_start(job.keys, job.waited, self._wait_warning)
+            log_start(job.keys, job.waited, self._wait_warning, job.seq)
             self._holders[task] = job.keys
+            if self._engine.timings is not None:
+                job.started = self._time()
             try:
                 result = await fn(*args, **kwargs)  # type: ignore[misc]
             except CancelledError:
@@ -620,6 +634,8 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None:
             self._holders.pop(task, None)
         self._active -= 1
+        if job.started is not None:
+            self._ran(job)
         engine = self._engine
         engine.release(job, outcome, error)
         if engine.has_runnable():
@@ -628,6 +644,13 @@ class AsyncKeyedDispatcher(Runner):
             self._wake_room()
         if self._closed and engine.idle():
             self._drained()
+
+    def _ran(self, job: Job) -> None:
+        # metrics=True: record the run time of a job or block that ran.
+        timings = self._engine.timings
+        assert timings is not None
+        assert job.started is not None
+        timings.run.add(self._time() - job.started)
 
     def _after_retire(self) -> None:
         # A job left the queues without a slot changing hands.
@@ -742,9 +765,11 @@ class AsyncKeyedDispatcher(Runner):
             finally:
                 if timer is not None:
                     timer.cancel()
-        log_start(keys, job.waited, self._wait_warning)
+        log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
             holders[task] = keys
+        if self._engine.timings is not None:
+            job.started = self._time()
         return job, task
 
     def _block_timed_out(self, job: Job, timeout: float) -> None:
@@ -761,6 +786,8 @@ class AsyncKeyedDispatcher(Runner):
     def _exit_block(self, job: Job, task: Any, outcome: int, error: BaseException | None) -> None:
         if task is not None:
             self._holders.pop(task, None)
+        if job.started is not None:
+            self._ran(job)
         engine = self._engine
         engine.release(job, outcome, error)
         self._after_retire()
@@ -882,7 +909,7 @@ class AsyncKeyedDispatcher(Runner):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (
-            f"<AsyncKeyedDispatcher {state} running={self._active}/{self._max} "
+            f"<AsyncKeyedDispatcher {self._name!r} {state} running={self._active}/{self._max} "
             f"shards={self._engine.live_keys()}>"
         )
 

@@ -49,10 +49,12 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Hashable
+from operator import itemgetter
 from typing import Any
 
 from ._config import DispatcherConfig
 from ._errors import KeyHalted, StartTimeout
+from ._histogram import Timings
 from ._stats import DispatcherStats
 
 __all__ = [
@@ -60,6 +62,7 @@ __all__ = [
     "COMPLETED",
     "FAILED",
     "HOT_BATCH",
+    "MAX_FAILURE_TYPES",
     "QUEUED",
     "RUNNING",
     "TIMED_OUT",
@@ -84,6 +87,12 @@ FAILED = 1
 CANCELLED = 2
 TIMED_OUT = 3
 
+# Failures are counted by exception type name, for the first this many
+# names seen; later new names count under OTHER_FAILURES, so that the
+# counts stay bounded whatever the jobs raise.
+MAX_FAILURE_TYPES = 32
+OTHER_FAILURES = "<other>"
+
 
 def outcome_of(error: BaseException) -> int:
     """The outcome of a job taken with ``error`` set (see Engine.take)."""
@@ -107,6 +116,7 @@ class Job:
         "keys",
         "kwargs",
         "seq",
+        "started",
         "state",
         "streak",
         "waited",
@@ -136,6 +146,8 @@ class Job:
         self.admitted = 0.0
         self.deadline: float | None = None
         self.waited = 0.0
+        # When the runner called the job (metrics only: see Engine.timings).
+        self.started: float | None = None
         # Set by Engine.take when the job must fail instead of running.
         self.error: BaseException | None = None
 
@@ -151,6 +163,7 @@ class Engine:
     """
 
     __slots__ = (
+        "_failures",
         "_halt_on_error",
         "_halted",
         "_max_wait",
@@ -162,9 +175,10 @@ class Engine:
         "_running",
         "_shards",
         "_submitted",
+        "timings",
     )
 
-    def __init__(self, *, halt_on_error: bool) -> None:
+    def __init__(self, *, halt_on_error: bool, metrics: bool = False) -> None:
         # A key's shard: the job itself while it is the key's only one (no
         # deque for the common case: a deque costs ~600 bytes), else a deque.
         self._shards: dict[Hashable, Job | deque[Job]] = {}
@@ -183,6 +197,11 @@ class Engine:
         self._max_wait = 0.0
         self._halt_on_error = halt_on_error
         self._halted: dict[Hashable, BaseException] = {}
+        # Failed jobs by exception type name (bounded: MAX_FAILURE_TYPES).
+        self._failures: dict[str, int] = {}
+        # The wait and run histograms (metrics=True), or None. The engine
+        # records waits as it starts jobs; runners record run times.
+        self.timings = Timings() if metrics else None
 
     # -- admission ---------------------------------------------------------
 
@@ -282,6 +301,8 @@ class Engine:
         self._running += 1
         if self._halted:
             self._check_halted(job)
+        if self.timings is not None and job.error is None:
+            self.timings.wait.add(0.0)
         return True
 
     # -- start -------------------------------------------------------------
@@ -312,6 +333,9 @@ class Engine:
             job.error = StartTimeout(f"job was not started within its start timeout (waited {waited:.3f}s)")
         elif self._halted:
             self._check_halted(job)
+        timings = self.timings
+        if timings is not None and job.error is None:
+            timings.wait.add(waited)
         return job
 
     def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
@@ -329,6 +353,8 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
+        if outcome == FAILED:
+            self._count_failure(job, error)
         key = keys[0]
         shards = self._shards
         try:
@@ -400,9 +426,11 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
-        if outcome == FAILED and self._halt_on_error and error is not None:
-            for key in job.keys:
-                self._halted[key] = error
+        if outcome == FAILED:
+            self._count_failure(job, error)
+            if self._halt_on_error and error is not None:
+                for key in job.keys:
+                    self._halted[key] = error
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
@@ -410,6 +438,19 @@ class Engine:
             shard = self._pop_head(key, job)
             if shard is not None:
                 self._advance(key, shard, streak)
+
+    def _count_failure(self, job: Job, error: BaseException | None) -> None:
+        # ``error``: the job's own exception, else the one it was failed
+        # with (KeyHalted...).
+        cause = error if error is not None else job.error
+        name = type(cause).__name__ if cause is not None else OTHER_FAILURES
+        failures = self._failures
+        if name in failures:
+            failures[name] += 1
+        elif len(failures) < MAX_FAILURE_TYPES:
+            failures[name] = 1
+        else:
+            failures[OTHER_FAILURES] = failures.get(OTHER_FAILURES, 0) + 1
 
     def kill(self, job: Job, outcome: int) -> bool:
         """Retire a job that has not started (cancelled or expired).
@@ -556,7 +597,22 @@ class Engine:
             halted_keys=len(self._halted),
             max_wait_s=self._max_wait,
             closed=closed,
+            failures=tuple(sorted(self._failures.items(), key=lambda item: (-item[1], item[0]))),
+            wait=None if self.timings is None else self.timings.wait.snapshot(),
+            run=None if self.timings is None else self.timings.run.snapshot(),
         )
+
+    def deepest_keys(self, n: int) -> list[tuple[Hashable, int]]:
+        """The ``n`` keys with the most unfinished jobs, deepest first (O(queued jobs)).
+
+        A key's depth counts its running job (or block) and those waiting
+        for it. Ties keep the order in which the keys became live.
+        """
+        depths = [
+            (key, sum(1 for job in shard if job.state != DEAD) if isinstance(shard, deque) else 1)
+            for key, shard in self._shards.items()
+        ]
+        return heapq.nlargest(n, depths, key=itemgetter(1))
 
     def queued_jobs(self) -> list[Job]:
         """Every live job not started yet, oldest first."""

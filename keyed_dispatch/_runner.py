@@ -17,10 +17,10 @@ from contextlib import AbstractContextManager
 from ._config import DispatcherConfig, resolve_config
 from ._engine import QUEUED, Engine, Job
 from ._errors import ShardsExhausted, StartTimeout, SubmitTimeout
-from ._keys import KeysText, check_hashable, normalize_keys
+from ._keys import KeysText, check_hashable, key_str, normalize_keys
 from ._stats import DispatcherStats
 
-__all__ = ["Runner", "StartDeadlines", "check_callable", "log_start", "many_keys", "one_key"]
+__all__ = ["Runner", "StartDeadlines", "check_callable", "job_fields", "log_start", "many_keys", "one_key"]
 
 logger = logging.getLogger("keyed_dispatch")
 _DEBUG = logging.DEBUG
@@ -53,12 +53,33 @@ def many_keys(keys: Iterable[Hashable], fn: object, name: str) -> tuple[Hashable
     return normalize_keys(keys)
 
 
-def log_start(keys: tuple[Hashable, ...], waited: float, warn: float | None) -> None:
-    """Emit the start lines of a job: DEBUG always, WARNING past ``wait_warning``."""
+def log_start(keys: tuple[Hashable, ...], waited: float, warn: float | None, seq: float | None = None) -> None:
+    """Emit the start lines of a job: DEBUG always, WARNING past ``wait_warning``.
+
+    Both carry the fields of :func:`job_fields` (``extra``), for JSON handlers.
+    """
     if logger.isEnabledFor(_DEBUG):
-        logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
+        logger.debug(
+            "started job for %s (waited %.2fs)", KeysText(keys), waited, extra=job_fields(keys, waited, seq)
+        )
     if warn is not None and waited >= warn:
-        logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        logger.warning("job for %s waited %.2fs", KeysText(keys), waited, extra=job_fields(keys, waited, seq))
+
+
+def job_fields(keys: tuple[Hashable, ...], waited: float | None, seq: float | None) -> dict[str, object]:
+    """The ``extra`` fields of a log line about a job: JSON-safe values only.
+
+    ``keys``: the job's keys as strings; ``wait_s``: its wait to start, in
+    seconds; ``job_seq``: its place in the dispatcher's start order (the
+    admission sequence; a hot key's job that let a waiting job go first has
+    the half step behind it, e.g. 41.5).
+    """
+    fields: dict[str, object] = {"keys": [key_str(key) for key in keys]}
+    if waited is not None:
+        fields["wait_s"] = waited
+    if seq is not None:
+        fields["job_seq"] = seq
+    return fields
 
 
 class StartDeadlines:
@@ -113,11 +134,13 @@ class StartDeadlines:
 class Runner:
     """The part of a dispatcher that does not depend on how its jobs run.
 
-    Subclasses create ``_engine`` and implement ``_guard`` (what serializes
-    access to the engine) and ``_workers`` (their own figures for stats).
+    Subclasses create ``_engine`` (with ``metrics=self._metrics``), set
+    ``_name`` and implement ``_guard`` (what serializes access to the engine)
+    and ``_workers`` (their own figures for stats).
     """
 
     _engine: Engine
+    _name: str
 
     def __init__(  # noqa: PLR0917 - the settings come in their signature's order, from the subclasses only
         self,
@@ -129,6 +152,8 @@ class Runner:
         start_timeout: float | None,
         max_pending: int | None,
         wait_warning: float | None,
+        *,
+        metrics: bool = False,
     ) -> None:
         # The constructors' settings, in one place: arguments left as None
         # keep the value of ``config`` (or of the environment).
@@ -144,12 +169,25 @@ class Runner:
         if not isinstance(halt_on_error, bool):
             raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
         self._halt_on_error = halt_on_error
+        if not isinstance(metrics, bool):
+            raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
+        self._metrics = metrics
         self._closed = False
 
     @property
     def config(self) -> DispatcherConfig:
         """The settings in force: a frozen :class:`DispatcherConfig`, fixed at construction."""
         return self._config
+
+    @property
+    def name(self) -> str:
+        """The dispatcher's name: the ``dispatcher`` label of its metrics."""
+        return self._name
+
+    @property
+    def metrics(self) -> bool:
+        """Whether the dispatcher records the wait and run histograms of ``stats()``."""
+        return self._metrics
 
     def _guard(self) -> AbstractContextManager[object]:
         # What makes engine access safe from the calling thread.
@@ -171,7 +209,11 @@ class Runner:
         # The error of a submit whose wait for room timed out.
         config = self._config
         if self._engine.shards_full(keys, config.max_shards):
-            logger.error("shard pool exhausted: %d shards", config.max_shards)
+            logger.error(
+                "shard pool exhausted: %d shards",
+                config.max_shards,
+                extra={**job_fields(keys, None, None), "max_shards": config.max_shards},
+            )
             return ShardsExhausted(
                 f"shard pool exhausted: {config.max_shards} shards stayed live for {config.submit_timeout}s"
             )
@@ -211,6 +253,26 @@ class Runner:
         """The keys halted now by a failed job."""
         with self._guard():
             return self._engine.halted_keys()
+
+    def deepest_keys(self, n: int = 10) -> list[tuple[Hashable, int]]:
+        """The ``n`` keys with the most unfinished jobs, as ``(key, depth)``, deepest first.
+
+        A key's depth counts its running job (or ``exclusive`` block) and the
+        jobs waiting behind it; idle keys have none and do not appear. Ties
+        keep the order in which the keys became busy. Computed on demand, in
+        O(queued jobs) under the dispatcher's lock: meant for a metrics
+        scrape, not for every job.
+
+        Raises:
+            TypeError, ValueError: ``n`` is not an int >= 0.
+            RuntimeError: (asyncio) called from another thread than the loop's.
+        """
+        if not isinstance(n, int) or isinstance(n, bool):
+            raise TypeError(f"n must be an int, got {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        with self._guard():
+            return self._engine.deepest_keys(n)
 
     def stats(self) -> DispatcherStats:
         """Return a consistent snapshot of the dispatcher's state.

@@ -119,7 +119,12 @@ class KeyedDispatcher(Runner):
             WARNING; None disables.
         halt_on_error: a job that raises halts its keys: their pending and
             later jobs fail with KeyHalted until :meth:`resume`.
-        name: prefix of the worker thread names.
+        name: prefix of the worker thread names; the ``dispatcher`` label
+            of its metrics.
+        metrics: record the wait and run histograms of :meth:`stats`
+            (``wait``, ``run``), which the exporters of
+            :mod:`keyed_dispatch.metrics` need. Off, the dispatcher pays
+            nothing for them.
         config: the base settings instead of the environment's.
 
     Raises:
@@ -138,6 +143,7 @@ class KeyedDispatcher(Runner):
         wait_warning: float | None = None,
         halt_on_error: bool = False,
         name: str = "keyed-dispatch",
+        metrics: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
         super().__init__(
@@ -149,6 +155,7 @@ class KeyedDispatcher(Runner):
             start_timeout,
             max_pending,
             wait_warning,
+            metrics=metrics,
         )
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -166,7 +173,7 @@ class KeyedDispatcher(Runner):
         self._drained = threading.Condition(self._lock)
         self._timer_cond = threading.Condition(self._lock)
         self._room_waiters = 0
-        self._engine = Engine(halt_on_error=self._halt_on_error)
+        self._engine = Engine(halt_on_error=self._halt_on_error, metrics=self._metrics)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
         # Idents of this dispatcher's worker threads: user code running in
@@ -479,6 +486,7 @@ class KeyedDispatcher(Runner):
         if future.set_running_or_notify_cancel():
             future.set_exception(exc)
             outcome = FAILED
+            job.error = exc  # counted in stats().failures by its type
         with self._lock:
             self._nworkers -= 1
             self._threads.discard(thread)
@@ -494,6 +502,7 @@ class KeyedDispatcher(Runner):
         lock = self._lock
         engine = self._engine
         finish = engine.finish
+        timings = engine.timings
         idle = self._idle
         config = self._config
         max_workers = config.max_workers
@@ -538,6 +547,7 @@ class KeyedDispatcher(Runner):
                 kwargs = job.kwargs
                 job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 error: BaseException | None = None
+                started: float | None = None
                 worker.holding = job.keys
                 if not future.set_running_or_notify_cancel():
                     outcome = CANCELLED
@@ -545,7 +555,9 @@ class KeyedDispatcher(Runner):
                     future.set_exception(job.error)
                     outcome = outcome_of(job.error)
                 else:
-                    log_start(job.keys, job.waited, config.wait_warning)
+                    log_start(job.keys, job.waited, config.wait_warning, job.seq)
+                    if timings is not None:
+                        started = _monotonic()
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
@@ -563,7 +575,10 @@ class KeyedDispatcher(Runner):
                 if not lock.acquire(False):
                     _acquire_holding_gil(lock)
                 try:
-                    job = finish(job, outcome, error, _monotonic())
+                    now = _monotonic()
+                    if started is not None and timings is not None:
+                        timings.run.add(now - started)
+                    job = finish(job, outcome, error, now)
                     error = None
                     if engine.has_blocks():
                         self._grant_blocks_locked()
@@ -733,8 +748,10 @@ class KeyedDispatcher(Runner):
             raise DispatcherClosed("the dispatcher was shut down before the block's turn came") from None
         job = future._kd_job
         assert job is not None
-        log_start(wanted, job.waited, self._config.wait_warning)
+        log_start(wanted, job.waited, self._config.wait_warning, job.seq)
         self._local.keys = wanted
+        timings = engine.timings
+        started = _monotonic()
         outcome, error = COMPLETED, None
         try:
             yield
@@ -749,6 +766,8 @@ class KeyedDispatcher(Runner):
                 # started empty: the block belongs to the parent's engine
                 # and has nothing to release here.
                 if self._engine is engine:
+                    if timings is not None:
+                        timings.run.add(_monotonic() - started)
                     engine.release(job, outcome, error)
                     spawn = self._after_retire_locked()
             if spawn:

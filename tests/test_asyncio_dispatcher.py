@@ -666,6 +666,9 @@ def test_stats_is_a_snapshot_of_every_counter() -> None:
             "halted_keys": 0,
             "max_wait_s": snapshot.max_wait_s,
             "closed": False,
+            "failures": (),
+            "wait": None,
+            "run": None,
         }
         assert (final.completed, final.running, final.active_shards, final.closed) == (2, 0, 0, True)
         assert "closed" in repr(ad)
