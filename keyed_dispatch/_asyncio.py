@@ -37,12 +37,25 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ._config import DispatcherConfig, check_timeout
-from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, RUNNING, TIMED_OUT, Engine, Job, outcome_of
+from ._engine import (
+    BACKOFF,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUPERSEDED,
+    TIMED_OUT,
+    Engine,
+    Job,
+    outcome_of,
+)
 from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, normalize_keys
+from ._policies import _UNSET, DeadLetter, JobContext, JobOptions, Retry
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
-__all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncKeyedDispatcher"]
+__all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncKeyedDispatcher", "AsyncKeyedOptions"]
 
 _T = TypeVar("_T")
 
@@ -134,7 +147,8 @@ class AsyncKeyedDispatcher(Runner):
     apply (there are no worker threads).
 
     ``max_shards``, ``submit_timeout``, ``start_timeout``, ``max_pending``,
-    ``wait_warning``, ``halt_on_error`` and ``config`` mean what they mean for
+    ``wait_warning``, ``halt_on_error``, ``retry``, ``dead_letter`` and
+    ``config`` mean what they mean for
     :class:`KeyedDispatcher`; a start deadline fails its job on time even
     while an earlier job of its key still runs.
 
@@ -159,6 +173,8 @@ class AsyncKeyedDispatcher(Runner):
         max_pending: int | None = None,
         wait_warning: float | None = None,
         halt_on_error: bool = False,
+        retry: Retry | None = None,
+        dead_letter: Callable[[DeadLetter], object] | None = None,
         name: str = "keyed-dispatch",
         metrics: bool = False,
         config: DispatcherConfig | None = None,
@@ -166,7 +182,7 @@ class AsyncKeyedDispatcher(Runner):
         if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
             max_concurrency = DEFAULT_MAX_CONCURRENCY
         settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
-        super().__init__(config, halt_on_error, *settings, metrics=metrics)
+        super().__init__(config, halt_on_error, *settings, retry, dead_letter, metrics=metrics)
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
         self._name = name
@@ -190,9 +206,9 @@ class AsyncKeyedDispatcher(Runner):
         # The tasks of running submit* jobs: the loop keeps only weak
         # references to tasks.
         self._tasks: set[asyncio.Task[Any]] = set()
-        # task -> keys it holds (a running job or exclusive block), so that a
-        # wait that would deadlock on itself raises instead.
-        self._holders: dict[asyncio.Task[Any], tuple[Hashable, ...]] = {}
+        # task -> the job it runs (a job or an exclusive block): a wait that
+        # would deadlock on itself raises instead; current_job() reads it.
+        self._holders: dict[asyncio.Task[Any], Job] = {}
         # Submitters waiting for room; all are woken when room may have freed.
         self._room_waiters: dict[asyncio.Future[None], None] = {}
         # aclose() calls waiting for the drain.
@@ -200,6 +216,7 @@ class AsyncKeyedDispatcher(Runner):
         # One timer, for the earliest start deadline.
         self._deadlines = StartDeadlines()
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0.0
 
     # -- loop binding --------------------------------------------------------
 
@@ -293,10 +310,11 @@ class AsyncKeyedDispatcher(Runner):
         fn: Callable[..., Awaitable[_T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        options: JobOptions | None = None,
     ) -> asyncio.Future[_T]:
         loop = self._get_loop()
         future: _JobFuture[_T] = _JobFuture(loop=loop)
-        job = Job(keys, fn, args, kwargs, future)
+        job = Job(keys, fn, args, kwargs, future, options=options)
         future._kd_job = job
         future._kd_owner = self
         future._kd_task = None
@@ -350,18 +368,20 @@ class AsyncKeyedDispatcher(Runner):
         fn: Callable[..., Awaitable[_T]],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        options: JobOptions | None = None,
     ) -> _T:
         loop = self._get_loop()
         task = _current_task(loop)
         holders = self._holders
         if task in holders:
-            raise self._held_error(holders[task], keys, "task")
-        job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None)
+            raise self._held_error(holders[task].keys, keys, "task")
+        job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None, options=options)
         engine = self._engine
         if (
             # The fast path of _admit_now, inlined: room for a new shard for
             # every key, a free slot and nothing runnable waiting for one.
-            not self._closed
+            options is None
+            and not self._closed
             and self._active < self._max
             and not engine.has_ready()
             and engine.fits(keys, self._max_shards, self._max_pending)
@@ -387,17 +407,31 @@ class AsyncKeyedDispatcher(Runner):
             raise job.error
         log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
-            holders[task] = keys
-        if engine.timings is not None:
-            job.started = self._time()
-        try:
-            result = await fn(*args, **kwargs)
-        except CancelledError:
-            self._finish(task, job, CANCELLED, None)
-            raise
-        except BaseException as exc:
-            self._finish(task, job, FAILED, exc)
-            raise
+            holders[task] = job
+        retriable = options is not None or self._retry is not None
+        while True:
+            if engine.timings is not None:
+                job.started = self._time()
+            try:
+                result = await fn(*args, **kwargs)
+            except CancelledError:
+                self._finish(task, job, CANCELLED, None)
+                raise
+            except BaseException as exc:
+                delay = self._retry_delay(job, exc, self._time()) if retriable else None
+                if delay is None:
+                    if retriable:
+                        self._final_failure(job, exc, fn, args, kwargs)
+                    self._finish(task, job, FAILED, exc)
+                    raise
+                # Retried: wait for the turn again, holding no slot.
+                self._backoff(task, job, exc, delay)
+                await self._await_turn(job, loop)
+                log_start(keys, job.waited, self._wait_warning, job.seq)
+                if task is not None:
+                    holders[task] = job
+                continue
+            break
         # _finish(task, job, COMPLETED, None), inlined.
         if task is not None:
             del holders[task]
@@ -431,7 +465,7 @@ class AsyncKeyedDispatcher(Runner):
             # that asyncio does not log it.
             waiter.exception()
         state = job.state
-        if state == QUEUED:
+        if state in (QUEUED, BACKOFF):
             self._engine.kill(job, CANCELLED)
             self._after_retire()
         elif state == RUNNING:
@@ -451,6 +485,11 @@ class AsyncKeyedDispatcher(Runner):
         if not engine.fits(job.keys, self._max_shards, self._max_pending):
             return False
         now = self._time()
+        options = job.options
+        if options is not None and options.supersede:
+            victims = engine.superseded_by(job.keys)
+            for victim, error in zip(victims, self._superseded_errors(victims, job.keys), strict=True):
+                self._kill_queued(victim, SUPERSEDED, error)
         if self._active < self._max:
             if engine.admit_started(job, now):
                 self._start(job)
@@ -463,9 +502,12 @@ class AsyncKeyedDispatcher(Runner):
             engine.admit(job, now)
             if engine.has_blocks():
                 self._dispatch()
-        start_timeout = self._start_timeout
+        start_timeout = (
+            self._start_timeout if options is None else options.start_timeout_or(self._start_timeout)
+        )
         if start_timeout is not None and job.state == QUEUED and job.fn is not None:
-            self._add_deadline(job, now + start_timeout)
+            own = options is not None and options.start_timeout is not _UNSET
+            self._add_deadline(job, now + start_timeout, own=own)
         return True
 
     async def _admit_later(self, job: Job) -> None:
@@ -590,9 +632,11 @@ class AsyncKeyedDispatcher(Runner):
             fn = job.fn
             args = job.args
             kwargs = job.kwargs
-            job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            retriable = job.options is not None or self._retry is not None
+            if not retriable:
+                job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
             log_start(job.keys, job.waited, self._wait_warning, job.seq)
-            self._holders[task] = job.keys
+            self._holders[task] = job
             if self._engine.timings is not None:
                 job.started = self._time()
             try:
@@ -614,6 +658,15 @@ class AsyncKeyedDispatcher(Runner):
                     future.set_exception(stop)
                 self._finish(task, job, FAILED, stop)
             except BaseException as exc:
+                delay = self._retry_delay(job, exc, self._time()) if retriable else None
+                if delay is not None and not future.done():
+                    # Retried: this task ends; the next attempt gets its own.
+                    future._kd_task = None
+                    job.future = future
+                    self._backoff(task, job, exc, delay)
+                    return
+                if retriable:
+                    self._final_failure(job, exc, fn, args, kwargs)  # type: ignore[arg-type]
                 if not future.done():
                     future.set_exception(exc)
                 self._finish(task, job, FAILED, exc)
@@ -625,6 +678,29 @@ class AsyncKeyedDispatcher(Runner):
                 self._finish(task, job, COMPLETED, None)
         finally:
             self._tasks.discard(task)
+
+    def _backoff(self, task: asyncio.Task[Any] | None, job: Job, error: BaseException, delay: float) -> None:
+        # ``job``'s attempt failed and is retried in ``delay`` seconds: it
+        # keeps its keys, gives its slot back, and becomes runnable again
+        # when the timer fires (a run* caller waits for the grant).
+        if job.failure is not None and error.__context__ is None and error is not job.failure:
+            error.__context__ = job.failure
+        job.failure = error
+        if task is not None:
+            self._holders.pop(task, None)
+        self._active -= 1
+        if job.started is not None:
+            self._ran(job)
+        self._engine.backoff(job)
+        loop = self._loop
+        assert loop is not None
+        loop.call_at(self._time() + delay, self._retry_due, job)
+        self._after_retire()
+
+    def _retry_due(self, job: Job) -> None:
+        # The backoff of ``job`` is over (unless a cancel retired it).
+        if self._engine.ready_again(job, self._time()):
+            self._after_retire()
 
     def _finish(
         self, task: asyncio.Task[Any] | None, job: Job, outcome: int, error: BaseException | None
@@ -646,11 +722,13 @@ class AsyncKeyedDispatcher(Runner):
             self._drained()
 
     def _ran(self, job: Job) -> None:
-        # metrics=True: record the run time of a job or block that ran.
+        # metrics=True: record the run time of the attempt (or block) that
+        # just ended.
         timings = self._engine.timings
         assert timings is not None
         assert job.started is not None
         timings.run.add(self._time() - job.started)
+        job.started = None
 
     def _after_retire(self) -> None:
         # A job left the queues without a slot changing hands.
@@ -667,10 +745,11 @@ class AsyncKeyedDispatcher(Runner):
     def _on_cancel(self, future: _JobFuture[Any], msg: Any) -> None:
         # Called by _JobFuture.cancel after the future became cancelled.
         job = future._kd_job
-        if job.state == QUEUED:
+        if job.state in (QUEUED, BACKOFF):
             self._engine.kill(job, CANCELLED)
             job.future = None
             job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            job.failure = None
             self._after_retire()
         elif job.state == RUNNING:
             task = future._kd_task
@@ -678,11 +757,19 @@ class AsyncKeyedDispatcher(Runner):
                 task.cancel(msg)
             # Else its task has not taken its first step; it sees the cancel.
 
-    def _add_deadline(self, job: Job, deadline: float) -> None:
-        if self._deadlines.add(job, deadline) and self._timer is None:
-            loop = self._loop
-            assert loop is not None
-            self._timer = loop.call_at(deadline, self._expire)
+    def _add_deadline(self, job: Job, deadline: float, *, own: bool = False) -> None:
+        if self._deadlines.add(job, deadline, own=own) and (
+            self._timer is None or deadline < self._timer_due
+        ):
+            self._arm_timer(deadline)
+
+    def _arm_timer(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = self._loop
+        assert loop is not None
+        self._timer = loop.call_at(when, self._expire)
+        self._timer_due = when
 
     def _expire(self) -> None:
         # The timer of the earliest start deadline fired. Fail every overdue
@@ -692,12 +779,10 @@ class AsyncKeyedDispatcher(Runner):
         deadlines = self._deadlines
         expired = deadlines.pop_due(self._time())
         for job in expired:
-            self._kill_queued(job, TIMED_OUT, self._start_timeout_error())
+            self._kill_queued(job, TIMED_OUT, self._start_timeout_error(job))
         due = deadlines.next_due()
         if due is not None:
-            loop = self._loop
-            assert loop is not None
-            self._timer = loop.call_at(due, self._expire)
+            self._arm_timer(due)
         if expired:
             self._after_retire()
 
@@ -750,7 +835,7 @@ class AsyncKeyedDispatcher(Runner):
         task = _current_task(loop)
         holders = self._holders
         if task in holders:
-            raise self._held_error(holders[task], keys, "task")
+            raise self._held_error(holders[task].keys, keys, "task")
         job = Job(keys, None, _NO_ARGS, _NO_KWARGS, None)
         if not self._admit_now(job):
             await self._admit_later(job)
@@ -767,7 +852,7 @@ class AsyncKeyedDispatcher(Runner):
                     timer.cancel()
         log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
-            holders[task] = keys
+            holders[task] = job
         if self._engine.timings is not None:
             job.started = self._time()
         return job, task
@@ -800,6 +885,44 @@ class AsyncKeyedDispatcher(Runner):
 
     def _workers(self) -> tuple[int, int]:
         return self._active, 0
+
+    def _now(self) -> float:
+        return time.monotonic() if self._loop is None else self._time()
+
+    def _poke(self) -> None:
+        self._after_retire()
+
+    def _cancel_jobs(self, jobs: list[Job]) -> int:
+        # A submit* job's future is cancelled (_on_cancel retires it); the
+        # task waiting for a run* job or block sees its wait cancelled.
+        cancelled = 0
+        for job in jobs:
+            future = job.future
+            if future is not None and future.cancel():
+                cancelled += 1
+        return cancelled
+
+    def options(
+        self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET
+    ) -> AsyncKeyedOptions:
+        """A view whose ``submit*`` and ``run*`` apply these options (see :meth:`KeyedDispatcher.options`)."""
+        return AsyncKeyedOptions(self, self._options(retry, supersede, start_timeout))
+
+    def current_job(self) -> JobContext | None:
+        """What the calling job (or block) may know of itself; None outside this dispatcher's jobs.
+
+        Raises:
+            RuntimeError: called from another thread than the loop's.
+        """
+        self._check_thread()
+        task = _current_task()
+        job = self._holders.get(task) if task is not None else None
+        if job is None:
+            return None
+        return JobContext(f"{self._repr_name()}-{int(job.seq)}", job.keys, job.attempt)
+
+    def _repr_name(self) -> str:
+        return f"async-{os.getpid()}-{id(self):x}"
 
     def submit_threadsafe(
         self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -912,6 +1035,43 @@ class AsyncKeyedDispatcher(Runner):
             f"<AsyncKeyedDispatcher {self._name!r} {state} running={self._active}/{self._max} "
             f"shards={self._engine.live_keys()}>"
         )
+
+
+class AsyncKeyedOptions:
+    """The view of an AsyncKeyedDispatcher that ``options()`` returns."""
+
+    __slots__ = ("_dispatcher", "_options")
+
+    def __init__(self, dispatcher: AsyncKeyedDispatcher, options: JobOptions) -> None:
+        self._dispatcher = dispatcher
+        self._options = options
+
+    async def submit(
+        self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """:meth:`AsyncKeyedDispatcher.submit` with this view's options."""
+        keys = one_key(key, coro_fn, "coro_fn")
+        return await self._dispatcher._submit(keys, coro_fn, args, kwargs, self._options)
+
+    async def submit_multi(
+        self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> asyncio.Future[_T]:
+        """:meth:`AsyncKeyedDispatcher.submit_multi` with this view's options."""
+        wanted = many_keys(keys, coro_fn, "coro_fn")
+        return await self._dispatcher._submit(wanted, coro_fn, args, kwargs, self._options)
+
+    def run(
+        self, key: Hashable, coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, _T]:
+        """:meth:`AsyncKeyedDispatcher.run` with this view's options."""
+        return self._dispatcher._run(one_key(key, coro_fn, "coro_fn"), coro_fn, args, kwargs, self._options)
+
+    def run_multi(
+        self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
+    ) -> Coroutine[Any, Any, _T]:
+        """:meth:`AsyncKeyedDispatcher.run_multi` with this view's options."""
+        wanted = many_keys(keys, coro_fn, "coro_fn")
+        return self._dispatcher._run(wanted, coro_fn, args, kwargs, self._options)
 
 
 class _Exclusive:

@@ -49,7 +49,6 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable, Hashable
-from operator import itemgetter
 from typing import Any
 
 from ._config import DispatcherConfig
@@ -65,6 +64,7 @@ __all__ = [
     "MAX_FAILURE_TYPES",
     "QUEUED",
     "RUNNING",
+    "SUPERSEDED",
     "TIMED_OUT",
     "Engine",
     "Job",
@@ -76,6 +76,7 @@ QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
 RUNNING = 1  # taken by a runner; at the head of all its shards
 DONE = 2  # retired: out of every shard
 DEAD = 3  # cancelled or expired before start; left in shards lazily
+BACKOFF = 4  # an attempt failed and a retry is due later; heads all its shards
 
 # Jobs a key may run in a row ahead of waiting jobs of other keys before it
 # lets the oldest of them go first (see "Fairness" above).
@@ -86,6 +87,7 @@ COMPLETED = 0
 FAILED = 1
 CANCELLED = 2
 TIMED_OUT = 3
+SUPERSEDED = 4
 
 # Failures are counted by exception type name, for the first this many
 # names seen; later new names count under OTHER_FAILURES, so that the
@@ -108,13 +110,17 @@ class Job:
     __slots__ = (
         "admitted",
         "args",
+        "attempt",
         "blockers",
         "deadline",
         "error",
+        "failure",
+        "first_start",
         "fn",
         "future",
         "keys",
         "kwargs",
+        "options",
         "seq",
         "started",
         "state",
@@ -129,8 +135,18 @@ class Job:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         future: Any,
+        *,
+        options: Any = None,
     ) -> None:
         self.keys = keys
+        # The runner's per-job policies (retry, supersede), or None; the
+        # engine reads only ``options.supersede``.
+        self.options = options
+        # Attempts started so far (retries count); 1 once it first starts.
+        self.attempt = 0
+        self.first_start = 0.0
+        # The exception of the last failed attempt, while a retry is due.
+        self.failure: BaseException | None = None
         self.fn = fn
         self.args = args
         self.kwargs = kwargs
@@ -146,7 +162,8 @@ class Job:
         self.admitted = 0.0
         self.deadline: float | None = None
         self.waited = 0.0
-        # When the runner called the job (metrics only: see Engine.timings).
+        # When the runner called the job's current attempt (metrics only:
+        # see Engine.timings).
         self.started: float | None = None
         # Set by Engine.take when the job must fail instead of running.
         self.error: BaseException | None = None
@@ -163,15 +180,19 @@ class Engine:
     """
 
     __slots__ = (
+        "_backoff",
         "_failures",
         "_halt_on_error",
         "_halted",
         "_max_wait",
         "_next_seq",
         "_outcomes",
+        "_parked",
+        "_paused",
         "_pending",
         "_ready",
         "_ready_blocks",
+        "_retries",
         "_running",
         "_shards",
         "_submitted",
@@ -192,15 +213,22 @@ class Engine:
         self._pending = 0  # live jobs not started
         self._running = 0  # jobs taken and not yet released
         self._submitted = 0
-        # completed, failed, cancelled, timed_out; indexed by outcome.
-        self._outcomes = [0, 0, 0, 0]
+        # completed, failed, cancelled, timed_out, superseded; by outcome.
+        self._outcomes = [0, 0, 0, 0, 0]
         self._max_wait = 0.0
         self._halt_on_error = halt_on_error
         self._halted: dict[Hashable, BaseException] = {}
+        # Paused keys start nothing; their runnable jobs wait in ``_parked``
+        # (still queued: cancel and start deadlines apply) until resume().
+        self._paused: set[Hashable] = set()
+        self._parked: list[Job] = []
+        self._backoff = 0  # jobs waiting for a retry (state BACKOFF)
+        self._retries = 0  # retries scheduled since creation
         # Failed jobs by exception type name (bounded: MAX_FAILURE_TYPES).
         self._failures: dict[str, int] = {}
         # The wait and run histograms (metrics=True), or None. The engine
-        # records waits as it starts jobs; runners record run times.
+        # records a job's wait when it first starts; runners record the run
+        # time of each attempt.
         self.timings = Timings() if metrics else None
 
     # -- admission ---------------------------------------------------------
@@ -291,13 +319,15 @@ class Engine:
         the job is admitted as by ``admit`` and False is returned. The
         asyncio runner's fast path: an uncontended job skips the heap.
         """
-        if self._ready:
+        if self._ready or self._paused:
             self.admit(job, now)
             return False
         if self._place(job, now):
             self._pending += 1
             return False
         job.state = RUNNING
+        job.attempt = 1
+        job.first_start = now
         self._running += 1
         if self._halted:
             self._check_halted(job)
@@ -318,23 +348,42 @@ class Engine:
         while ready:
             job = heapq.heappop(ready)[1]
             if job.state == QUEUED:
+                if self._paused and self._park(job):
+                    continue
                 return self._start(job, now)
             # Killed while runnable: already out of its shards.
         return None
 
+    def _park(self, job: Job) -> bool:
+        # A runnable job on a paused key waits in ``_parked`` instead.
+        paused = self._paused
+        for key in job.keys:
+            if key in paused:
+                self._parked.append(job)
+                return True
+        return False
+
     def _start(self, job: Job, now: float) -> Job:
         job.state = RUNNING
+        attempt = job.attempt = job.attempt + 1
         self._pending -= 1
         self._running += 1
         job.waited = waited = now - job.admitted
-        if waited > self._max_wait:
-            self._max_wait = waited
-        if job.deadline is not None and now > job.deadline:
-            job.error = StartTimeout(f"job was not started within its start timeout (waited {waited:.3f}s)")
-        elif self._halted:
+        if attempt == 1:
+            job.first_start = now
+            if waited > self._max_wait:
+                self._max_wait = waited
+        if job.deadline is not None:
+            if now > job.deadline:
+                job.error = StartTimeout(
+                    f"job was not started within its start timeout (waited {waited:.3f}s)"
+                )
+            # A start deadline bounds the first start only, not retries.
+            job.deadline = None
+        if self._halted and job.error is None:
             self._check_halted(job)
         timings = self.timings
-        if timings is not None and job.error is None:
+        if timings is not None and attempt == 1 and job.error is None:
             timings.wait.add(waited)
         return job
 
@@ -347,7 +396,7 @@ class Engine:
         the one ``take`` would make.
         """
         keys = job.keys
-        if len(keys) != 1 or (outcome == FAILED and self._halt_on_error):
+        if len(keys) != 1 or (outcome == FAILED and self._halt_on_error) or self._paused:
             self.release(job, outcome, error)
             return self.take(now)
         self._running -= 1
@@ -402,6 +451,8 @@ class Engine:
         while blocks:
             job = blocks.pop()
             if job.state == QUEUED:
+                if self._paused and self._park(job):
+                    continue
                 return self._start(job, now)
             # Killed while runnable: already out of its shards.
         return None
@@ -460,7 +511,14 @@ class Engine:
         move on; it stays in the others until it reaches their head (lazy
         removal keeps a cancel O(keys) instead of O(queue length)).
         """
-        if job.state != QUEUED:
+        state = job.state
+        if state == BACKOFF:
+            # Waiting for a retry: it heads all its shards, like a running job.
+            self._backoff -= 1
+            self._running += 1  # release() counts it down again
+            self.release(job, outcome)
+            return True
+        if state != QUEUED:
             return False
         job.state = DEAD
         self._pending -= 1
@@ -535,6 +593,105 @@ class Engine:
         if not self._shards:
             self._shards = {}
 
+    # -- key policies ------------------------------------------------------
+
+    def backoff(self, job: Job) -> None:
+        """Hold a running job that failed an attempt until its retry is due.
+
+        It stays at the head of every shard, so later jobs of its keys wait;
+        it holds no worker. ``ready_again`` makes it runnable; ``kill``
+        retires it (a cancel during the backoff).
+        """
+        job.state = BACKOFF
+        self._running -= 1
+        self._backoff += 1
+        self._retries += 1
+
+    def ready_again(self, job: Job, now: float) -> bool:
+        """The backoff of ``job`` is over: it is runnable (first in line, by its seq).
+
+        Returns False if the job left its backoff otherwise (cancelled).
+        """
+        if job.state != BACKOFF:
+            return False
+        job.state = QUEUED
+        job.admitted = now
+        self._backoff -= 1
+        self._pending += 1
+        if job.fn is None:
+            self._ready_blocks.append(job)
+        else:
+            heapq.heappush(self._ready, (job.seq, job))
+        return True
+
+    def superseded_by(self, keys: tuple[Hashable, ...]) -> list[Job]:
+        """The jobs a new job on ``keys`` supersedes, oldest first (still queued).
+
+        Those are the jobs that opted in (``options.supersede``), have never
+        started, and whose keys are all among ``keys``: a job on {A, B} also
+        carries B's update, so a job on {A} does not supersede it. The
+        runner retires each with ``kill(job, SUPERSEDED)``. O(queued jobs of
+        ``keys``).
+        """
+        wanted = set(keys)
+        doomed: dict[int, Job] = {}
+        shards = self._shards
+        for key in keys:
+            shard = shards.get(key)
+            if shard is None:
+                continue
+            for job in shard if isinstance(shard, deque) else (shard,):
+                options = job.options
+                if (
+                    job.state == QUEUED
+                    and not job.attempt
+                    and options is not None
+                    and options.supersede
+                    and wanted.issuperset(job.keys)
+                ):
+                    doomed[id(job)] = job
+        return sorted(doomed.values(), key=lambda job: job.seq)
+
+    def pause(self, key: Hashable) -> bool:
+        """Hold ``key``: none of its jobs starts until ``resume``; True if it was not paused."""
+        if key in self._paused:
+            return False
+        self._paused.add(key)
+        return True
+
+    def jobs_on(self, key: Hashable) -> list[Job]:
+        """The jobs of ``key`` that are not running: queued or waiting for a retry."""
+        shard = self._shards.get(key)
+        if shard is None:
+            return []
+        return [
+            job for job in (shard if isinstance(shard, deque) else (shard,)) if job.state in (QUEUED, BACKOFF)
+        ]
+
+    def key_info(self, key: Hashable, now: float) -> tuple[int, bool, float, bool, bool, bool]:
+        """(pending, running, oldest wait, halted, paused, in backoff) of ``key``."""
+        pending = 0
+        running = backoff = False
+        oldest: float | None = None
+        shard = self._shards.get(key)
+        if shard is not None:
+            for job in shard if isinstance(shard, deque) else (shard,):
+                state = job.state
+                if state == QUEUED:
+                    pending += 1
+                    if oldest is None or job.admitted < oldest:
+                        oldest = job.admitted
+                elif state == RUNNING:
+                    running = True
+                elif state == BACKOFF:
+                    backoff = True
+        wait = 0.0 if oldest is None else max(0.0, now - oldest)
+        return pending, running, wait, key in self._halted, key in self._paused, backoff
+
+    def known_keys(self) -> list[Hashable]:
+        """Every key with work, a halt or a pause (O(keys))."""
+        return list(dict.fromkeys([*self._shards, *self._halted, *self._paused]))
+
     # -- introspection -----------------------------------------------------
     # Runners read the engine's state only through these: its fields are its
     # own. Each is O(1) unless it says otherwise.
@@ -565,8 +722,8 @@ class Engine:
         return bool(self._ready or self._ready_blocks)
 
     def idle(self) -> bool:
-        """Whether no admitted job is left (none pending, none running)."""
-        return not (self._pending or self._running)
+        """Whether no admitted job is left (none pending, running or in backoff)."""
+        return not (self._pending or self._running or self._backoff)
 
     def live_keys(self) -> int:
         """How many keys have pending or running work (live shards)."""
@@ -580,7 +737,7 @@ class Engine:
         self, config: DispatcherConfig, *, workers: int, idle_workers: int, closed: bool
     ) -> DispatcherStats:
         """A snapshot of the engine's counters, with the runner's own figures."""
-        completed, failed, cancelled, timed_out = self._outcomes
+        completed, failed, cancelled, timed_out, superseded = self._outcomes
         return DispatcherStats(
             max_workers=config.max_workers,
             workers=workers,
@@ -597,32 +754,43 @@ class Engine:
             halted_keys=len(self._halted),
             max_wait_s=self._max_wait,
             closed=closed,
+            superseded=superseded,
+            retries=self._retries,
+            in_backoff=self._backoff,
+            paused_keys=len(self._paused),
             failures=tuple(sorted(self._failures.items(), key=lambda item: (-item[1], item[0]))),
             wait=None if self.timings is None else self.timings.wait.snapshot(),
             run=None if self.timings is None else self.timings.run.snapshot(),
         )
 
-    def deepest_keys(self, n: int) -> list[tuple[Hashable, int]]:
-        """The ``n`` keys with the most unfinished jobs, deepest first (O(queued jobs)).
-
-        A key's depth counts its running job (or block) and those waiting
-        for it. Ties keep the order in which the keys became live.
-        """
-        depths = [
-            (key, sum(1 for job in shard if job.state != DEAD) if isinstance(shard, deque) else 1)
-            for key, shard in self._shards.items()
-        ]
-        return heapq.nlargest(n, depths, key=itemgetter(1))
-
     def queued_jobs(self) -> list[Job]:
-        """Every live job not started yet, oldest first."""
+        """Every live job not running: not started yet or waiting for a retry; oldest first."""
         seen: dict[int, Job] = {}
         for shard in self._shards.values():
             for job in shard if isinstance(shard, deque) else (shard,):
-                if job.state == QUEUED:
+                if job.state in (QUEUED, BACKOFF):
                     seen[id(job)] = job
         return sorted(seen.values(), key=lambda job: job.seq)
 
     def resume(self, key: Hashable) -> bool:
-        """Lift a halt; True if ``key`` was halted."""
-        return self._halted.pop(key, None) is not None
+        """Lift a halt or a pause of ``key``; True if it had either.
+
+        The jobs parked by the pause become runnable again unless another
+        of their keys is still paused.
+        """
+        halted = self._halted.pop(key, None) is not None
+        if key not in self._paused:
+            return halted
+        self._paused.discard(key)
+        parked = self._parked
+        self._parked = []
+        for job in parked:
+            if job.state != QUEUED:
+                continue  # cancelled or expired while parked
+            if self._paused and self._park(job):
+                continue
+            if job.fn is None:
+                self._ready_blocks.append(job)
+            else:
+                heapq.heappush(self._ready, (job.seq, job))
+        return True

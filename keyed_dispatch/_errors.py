@@ -19,6 +19,7 @@ __all__ = [
     "ShardsExhausted",
     "StartTimeout",
     "SubmitTimeout",
+    "Superseded",
 ]
 
 
@@ -66,6 +67,19 @@ class KeyHalted(KeyedDispatchError, RuntimeError):
     def __init__(self, key: Hashable) -> None:
         super().__init__(f"key {key_str(key)} is halted by an earlier failure; call resume(key) to lift it")
         self.key = key
+
+
+class Superseded(KeyedDispatchError):
+    """A later job submitted with ``supersede`` replaced this one before it started.
+
+    Set on the future of the superseded job, which never runs. ``keys`` are
+    its keys.
+    """
+
+    def __init__(self, keys: tuple[Hashable, ...]) -> None:
+        text = "+".join(key_str(key) for key in keys)
+        super().__init__(f"the job for {text} was superseded by a later job before it started")
+        self.keys = keys
 
 
 class ConfigError(KeyedDispatchError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import os
 import threading
 import time
@@ -9,14 +10,27 @@ import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import CancelledError, Executor, Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
+from concurrent.futures import _base as _futures_base
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import DispatcherConfig, check_timeout, wait_seconds
-from ._engine import CANCELLED, COMPLETED, FAILED, QUEUED, TIMED_OUT, Engine, Job, outcome_of
+from ._engine import (
+    BACKOFF,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    QUEUED,
+    SUPERSEDED,
+    TIMED_OUT,
+    Engine,
+    Job,
+    outcome_of,
+)
 from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
+from ._policies import _UNSET, DeadLetter, JobContext, JobOptions, Retry
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
 if TYPE_CHECKING:
@@ -24,12 +38,19 @@ if TYPE_CHECKING:
     # not pay for importing asyncio (about 80 ms).
     import asyncio
 
-__all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture"]
+__all__ = ["KeyExecutor", "KeyedDispatcher", "KeyedFuture", "KeyedOptions"]
 
 _T = TypeVar("_T")
 
 _monotonic = time.monotonic
 _yield_gil = partial(time.sleep, 0)
+
+
+# The outcome of an attempt that failed and will be retried (not an engine outcome).
+_RETRY = -1
+
+# Shared by every submit without options: nothing superseded.
+_NONE_SUPERSEDED: list[tuple[Any, BaseException]] = []
 
 
 class _NoRoomError(Exception):
@@ -66,7 +87,13 @@ class KeyedFuture(Future[_T]):
 
     def cancel(self) -> bool:
         if not super().cancel():
-            return False
+            owner = self._kd_owner
+            job = self._kd_job
+            # A job between two attempts (its future is running since the
+            # first) can still be cancelled: see _cancel_retry.
+            if owner is None or job is None or not job.attempt or job.state not in (BACKOFF, QUEUED):
+                return False
+            return owner._cancel_retry(job, self)
         owner = self._kd_owner
         job = self._kd_job
         if job is not None and (owner is None or owner._on_cancel(job)):
@@ -78,8 +105,25 @@ class KeyedFuture(Future[_T]):
         return True
 
 
+def _cancel_running_future(future: Future[Any]) -> bool:
+    # Cancel a future that is RUNNING, as Future.cancel() followed by
+    # set_running_or_notify_cancel() would a pending one. The standard
+    # Future cannot be cancelled once running; a job waiting for a retry
+    # has a running future but no running attempt, and must be cancellable.
+    # This touches Future's private state, the same fields in 3.10-3.13.
+    with future._condition:
+        if future._state != _futures_base.RUNNING:
+            return False
+        future._state = _futures_base.CANCELLED_AND_NOTIFIED
+        for waiter in future._waiters:
+            waiter.add_cancelled(future)
+        future._condition.notify_all()
+    future._invoke_callbacks()  # type: ignore[attr-defined]
+    return True
+
+
 class _Worker:
-    __slots__ = ("holding", "job", "wake")
+    __slots__ = ("holding", "job", "running", "wake")
 
     def __init__(self) -> None:
         # A Lock used as a binary semaphore: released to hand the worker a
@@ -89,6 +133,8 @@ class _Worker:
         self.job: Job | None = None
         # The keys of the job running now (for error messages only).
         self.holding: tuple[Hashable, ...] = ()
+        # The job running now (current_job()).
+        self.running: Job | None = None
 
 
 class KeyedDispatcher(Runner):
@@ -119,6 +165,11 @@ class KeyedDispatcher(Runner):
             WARNING; None disables.
         halt_on_error: a job that raises halts its keys: their pending and
             later jobs fail with KeyHalted until :meth:`resume`.
+        retry: the :class:`Retry` policy of every job (``options()`` sets
+            one per submission); None: a failed job fails at once.
+        dead_letter: called with a :class:`DeadLetter` when a job with a
+            retry policy fails for good, outside the dispatcher's lock; what
+            it raises is logged.
         name: prefix of the worker thread names; the ``dispatcher`` label
             of its metrics.
         metrics: record the wait and run histograms of :meth:`stats`
@@ -142,6 +193,8 @@ class KeyedDispatcher(Runner):
         max_pending: int | None = None,
         wait_warning: float | None = None,
         halt_on_error: bool = False,
+        retry: Retry | None = None,
+        dead_letter: Callable[[DeadLetter], object] | None = None,
         name: str = "keyed-dispatch",
         metrics: bool = False,
         config: DispatcherConfig | None = None,
@@ -155,6 +208,8 @@ class KeyedDispatcher(Runner):
             start_timeout,
             max_pending,
             wait_warning,
+            retry,
+            dead_letter,
             metrics=metrics,
         )
         if not isinstance(name, str):
@@ -185,6 +240,8 @@ class KeyedDispatcher(Runner):
         self._nworkers = 0
         self._spawned = 0
         self._deadlines = StartDeadlines()
+        # Jobs waiting for a retry: (due, seq, job), a heap.
+        self._backoffs: list[tuple[float, float, Job]] = []
         self._timer: threading.Thread | None = None
 
     # -- submission --------------------------------------------------------
@@ -227,6 +284,31 @@ class KeyedDispatcher(Runner):
         """
         return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs)
 
+    def options(
+        self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET
+    ) -> KeyedOptions:
+        """A view whose ``submit`` and ``submit_multi`` apply these options to their jobs.
+
+        ``submit(key, fn, /, *args, **kwargs)`` passes its keyword arguments
+        to ``fn``, so per-submission options need a door of their own::
+
+            d.options(retry=Retry(3), supersede=True).submit(key, fn, *args)
+
+        Args:
+            retry: this job's retry policy instead of the dispatcher's.
+            supersede: the job supersedes every earlier job that also opted
+                in, has not started, and whose keys are all among its keys:
+                those never run and fail with :class:`Superseded`. A running
+                job is never touched; a job that did not opt in is never
+                superseded.
+            start_timeout: this job's start timeout instead of the
+                dispatcher's (None: no limit).
+
+        Raises:
+            TypeError, ValueError: a bad option.
+        """
+        return KeyedOptions(self, self._options(retry, supersede, start_timeout))
+
     def _submit(
         self,
         keys: tuple[Hashable, ...],
@@ -236,17 +318,19 @@ class KeyedDispatcher(Runner):
         *,
         wait: bool = True,
         abort: threading.Event | None = None,
+        options: JobOptions | None = None,
     ) -> KeyedFuture[_T]:
         # ``wait=False``: raise _NoRoomError instead of waiting for room.
         # ``abort``: once set, raise _NoRoomError instead of admitting (checked
         # under the lock, before admission and after each wait).
         future: KeyedFuture[_T] = KeyedFuture()
-        job = Job(keys, fn, args, kwargs, future)
+        job = Job(keys, fn, args, kwargs, future, options=options)
         future._kd_job = job
         future._kd_owner = self
         config = self._config
         engine = self._engine
         spawn: list[Job] | None = None
+        superseded: list[tuple[Any, BaseException]] = _NONE_SUPERSEDED
         lock = self._lock
         if not lock.acquire(False):
             _acquire_holding_gil(lock)
@@ -260,26 +344,54 @@ class KeyedDispatcher(Runner):
             elif abort is not None and abort.is_set():
                 raise _NoRoomError
             now = _monotonic()
-            idle = self._idle
-            if idle and fn is not None and not engine.has_ready():
-                # The fast path of an idle pool: a job that can start now
-                # goes straight to an idle worker, without the ready heap.
-                if engine.admit_started(job, now):
-                    worker = idle.pop()
-                    worker.job = job
-                    worker.wake.release()
-                    return future
+            if options is not None:
+                spawn, superseded = self._admit_with_options_locked(job, options, now)
             else:
-                engine.admit(job, now)
-            if fn is not None and config.start_timeout is not None and job.state == QUEUED:
-                self._add_deadline_locked(job, now + config.start_timeout)
-            if engine.has_runnable():
-                spawn = self._dispatch_locked()
+                idle = self._idle
+                if idle and fn is not None and not engine.has_ready():
+                    # The fast path of an idle pool: a job that can start now
+                    # goes straight to an idle worker, without the ready heap.
+                    if engine.admit_started(job, now):
+                        worker = idle.pop()
+                        worker.job = job
+                        worker.wake.release()
+                        return future
+                else:
+                    engine.admit(job, now)
+                if fn is not None and config.start_timeout is not None and job.state == QUEUED:
+                    self._add_deadline_locked(job, now + config.start_timeout)
+                if engine.has_runnable():
+                    spawn = self._dispatch_locked()
         finally:
             lock.release()
         if spawn:
             self._spawn(spawn)
+        for victim, error in superseded:
+            victim.set_exception(error)
         return future
+
+    def _admit_with_options_locked(
+        self, job: Job, options: JobOptions, now: float
+    ) -> tuple[list[Job] | None, list[tuple[Any, BaseException]]]:
+        # Caller holds the lock; room was found. Admits a job that has
+        # options (supersede, a start timeout of its own). Returns the jobs
+        # to spawn workers for and the futures of superseded jobs with their
+        # errors, both for after the lock is released.
+        engine = self._engine
+        superseded: list[Job] = []
+        if options.supersede:
+            for victim in engine.superseded_by(job.keys):
+                # As for an expiry (see _expire_loop): settle a racing cancel.
+                if victim.future.set_running_or_notify_cancel():
+                    engine.kill(victim, SUPERSEDED)
+                    superseded.append(victim)
+                else:
+                    engine.kill(victim, CANCELLED)
+        engine.admit(job, now)
+        timeout = options.start_timeout_or(self._config.start_timeout)
+        if timeout is not None and job.state == QUEUED and job.fn is not None:
+            self._add_deadline_locked(job, now + timeout, own=options.start_timeout is not _UNSET)
+        return self._after_retire_locked(), self._superseded(superseded, job.keys)
 
     def _wait_for_room_locked(self, keys: tuple[Hashable, ...], abort: threading.Event | None = None) -> None:
         # Caller holds the lock. Waits (releasing it) until the job fits
@@ -540,16 +652,22 @@ class KeyedDispatcher(Runner):
                 # Run it. The future leaves the job first: no reference
                 # cycle future -> job -> future, and fn/args are freed as
                 # soon as the call returns, even if the caller keeps the
-                # future.
+                # future. A job that may be retried keeps them until its
+                # last attempt.
                 future = job.future
                 fn = job.fn
                 args = job.args
                 kwargs = job.kwargs
-                job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+                retriable = job.options is not None or self._retry is not None
+                if not retriable:
+                    job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 error: BaseException | None = None
                 started: float | None = None
                 worker.holding = job.keys
-                if not future.set_running_or_notify_cancel():
+                worker.running = job
+                # A retry's future is running since the first attempt; a
+                # cancel between attempts retired the job (_cancel_retry).
+                if job.attempt == 1 and not future.set_running_or_notify_cancel():
                     outcome = CANCELLED
                 elif job.error is not None:
                     future.set_exception(job.error)
@@ -561,12 +679,25 @@ class KeyedDispatcher(Runner):
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
-                        future.set_exception(exc)
-                        outcome = FAILED
-                        error = exc
+                        delay = self._retry_delay(job, exc, _monotonic()) if retriable else None
+                        if delay is not None:
+                            if job.failure is not None and exc.__context__ is None and exc is not job.failure:
+                                exc.__context__ = job.failure
+                            job.failure = exc
+                            outcome = _RETRY
+                            error = None
+                        else:
+                            if retriable:
+                                self._final_failure(job, exc, fn, args, kwargs)  # type: ignore[arg-type]
+                            future.set_exception(exc)
+                            outcome = FAILED
+                            error = exc
                     else:
                         future.set_result(result)
                         outcome = COMPLETED
+                worker.running = None
+                if retriable and outcome != _RETRY:
+                    job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 # Drop references before waiting for the next job, so that
                 # an idle worker pins no result, exception or arguments.
                 del future, fn, args, kwargs
@@ -575,10 +706,13 @@ class KeyedDispatcher(Runner):
                 if not lock.acquire(False):
                     _acquire_holding_gil(lock)
                 try:
-                    now = _monotonic()
                     if started is not None and timings is not None:
-                        timings.run.add(now - started)
-                    job = finish(job, outcome, error, now)
+                        timings.run.add(_monotonic() - started)
+                    if outcome == _RETRY:
+                        self._backoff_locked(job, delay)  # type: ignore[arg-type]
+                        job = engine.take(_monotonic())
+                    else:
+                        job = finish(job, outcome, error, _monotonic())
                     error = None
                     if engine.has_blocks():
                         self._grant_blocks_locked()
@@ -648,8 +782,20 @@ class KeyedDispatcher(Runner):
             self._drained_locked()
         return spawn
 
-    def _add_deadline_locked(self, job: Job, deadline: float) -> None:
-        earliest = self._deadlines.add(job, deadline)
+    def _add_deadline_locked(self, job: Job, deadline: float, *, own: bool = False) -> None:
+        self._wake_timer_locked(self._deadlines.add(job, deadline, own=own))
+
+    def _backoff_locked(self, job: Job, delay: float) -> None:
+        # Caller holds the lock. ``job``'s attempt failed and is retried in
+        # ``delay`` seconds: it keeps its keys and gives its worker back.
+        self._engine.backoff(job)
+        entry = (_monotonic() + delay, job.seq, job)
+        heapq.heappush(self._backoffs, entry)
+        self._wake_timer_locked(self._backoffs[0] is entry)
+
+    def _wake_timer_locked(self, earliest: bool) -> None:
+        # Caller holds the lock. A deadline or retry was added; ``earliest``:
+        # it may be due before the timer's current wait ends.
         if self._timer is None:
             self._timer = threading.Thread(
                 target=self._expire_loop, name=f"{self._name}_deadlines", daemon=True
@@ -658,22 +804,31 @@ class KeyedDispatcher(Runner):
         elif earliest:
             self._timer_cond.notify()
 
+    def _next_timer_locked(self) -> float | None:
+        # Caller holds the lock. When the timer thread must next wake.
+        due = self._deadlines.next_due()
+        backoffs = self._backoffs
+        if backoffs and (due is None or backoffs[0][0] < due):
+            return backoffs[0][0]
+        return due
+
     def _expire_loop(self) -> None:
-        # One thread per dispatcher with a start_timeout. It fails overdue
-        # jobs even while an earlier job of their key still runs: a stale
-        # order must not fire late. It runs as a daemon: it never runs user
-        # code, and shutdown stops it explicitly.
+        # One thread per dispatcher with start deadlines or retries. It fails
+        # overdue jobs even while an earlier job of their key still runs (a
+        # stale order must not fire late), and makes jobs whose backoff is
+        # over runnable. It runs as a daemon: it never runs user code, and
+        # shutdown stops it explicitly.
         lock = self._lock
         deadlines = self._deadlines
         engine = self._engine
         while True:
-            expired: list[Future[Any]] = []
+            expired: list[tuple[Future[Any], BaseException]] = []
             with lock:
                 while True:
                     if self._closed and engine.idle():
                         # ``_timer`` stays set: shutdown joins this thread.
                         return
-                    due = deadlines.next_due()
+                    due = self._next_timer_locked()
                     if due is None:
                         self._timer_cond.wait()
                         continue
@@ -681,6 +836,11 @@ class KeyedDispatcher(Runner):
                     if due > now:
                         self._timer_cond.wait(wait_seconds(due - now))
                         continue
+                    backoffs = self._backoffs
+                    while backoffs and backoffs[0][0] <= now:
+                        # Its backoff is over: runnable again, first in line
+                        # (unless a cancel retired it meanwhile).
+                        engine.ready_again(heapq.heappop(backoffs)[2], now)
                     for job in deadlines.pop_due(now):
                         future = job.future
                         job.future = None
@@ -691,15 +851,15 @@ class KeyedDispatcher(Runner):
                         # waiters (see KeyedFuture) and it counts as such.
                         if future.set_running_or_notify_cancel():
                             engine.kill(job, TIMED_OUT)
-                            expired.append(future)
+                            expired.append((future, self._start_timeout_error(job)))
                         else:
                             engine.kill(job, CANCELLED)
                     break
                 spawn = self._after_retire_locked()
             if spawn:
                 self._spawn(spawn)
-            for future in expired:
-                future.set_exception(self._start_timeout_error())
+            for future, error in expired:
+                future.set_exception(error)
 
     # -- exclusive blocks ----------------------------------------------------
 
@@ -794,6 +954,50 @@ class KeyedDispatcher(Runner):
 
     def _workers(self) -> tuple[int, int]:
         return self._nworkers, len(self._idle)
+
+    def _now(self) -> float:
+        return _monotonic()
+
+    def _poke(self) -> None:
+        with self._lock:
+            spawn = self._after_retire_locked()
+        if spawn:
+            self._spawn(spawn)
+
+    def _cancel_jobs(self, jobs: list[Job]) -> int:
+        cancelled = 0
+        for job in jobs:
+            future = job.future
+            if future is not None and future.cancel():
+                cancelled += 1
+        return cancelled
+
+    def _cancel_retry(self, job: Job, future: KeyedFuture[Any]) -> bool:
+        # KeyedFuture.cancel of a job between two attempts (in its backoff,
+        # or queued for its retry): retire it, then cancel its running
+        # future. Once a worker took the retry, the job is RUNNING and this
+        # returns False, as for any running job.
+        with self._lock:
+            if not self._engine.kill(job, CANCELLED):
+                return False
+            job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+            job.failure = None
+            spawn = self._after_retire_locked()
+        if spawn:
+            self._spawn(spawn)
+        return _cancel_running_future(future)
+
+    def current_job(self) -> JobContext | None:
+        """What the calling job may know of itself; None outside this dispatcher's jobs.
+
+        The ``job_id`` is stable across the job's attempts: an idempotency
+        key for its side effects. ``attempt`` counts from 1.
+        """
+        worker = self._worker_threads.get(threading.get_ident())
+        job = None if worker is None else worker.running
+        if job is None:
+            return None
+        return JobContext(f"{self._name}-{os.getpid()}-{int(job.seq)}", job.keys, job.attempt)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop admitting jobs; optionally cancel the queued ones; drain.
@@ -916,6 +1120,26 @@ class KeyExecutor(Executor):
                     future.exception()
                 except CancelledError:
                     continue
+
+
+class KeyedOptions:
+    """The view of a KeyedDispatcher that ``options()`` returns."""
+
+    __slots__ = ("_dispatcher", "_options")
+
+    def __init__(self, dispatcher: KeyedDispatcher, options: JobOptions) -> None:
+        self._dispatcher = dispatcher
+        self._options = options
+
+    def submit(self, key: Hashable, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> KeyedFuture[_T]:
+        """:meth:`KeyedDispatcher.submit` with this view's options."""
+        return self._dispatcher._submit(one_key(key, fn, "fn"), fn, args, kwargs, options=self._options)
+
+    def submit_multi(
+        self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
+    ) -> KeyedFuture[_T]:
+        """:meth:`KeyedDispatcher.submit_multi` with this view's options."""
+        return self._dispatcher._submit(many_keys(keys, fn, "fn"), fn, args, kwargs, options=self._options)
 
 
 _live_dispatchers: weakref.WeakSet[KeyedDispatcher] = weakref.WeakSet()
