@@ -48,7 +48,7 @@ class HistogramSnapshot:
         """
         pairs: list[tuple[float, int]] = []
         total = 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts):
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
             total += n
             pairs.append((bound, total))
         return tuple(pairs)

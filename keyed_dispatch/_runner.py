@@ -56,7 +56,9 @@ def many_keys(keys: Iterable[Hashable], fn: object, name: str) -> tuple[Hashable
     return normalize_keys(keys)
 
 
-def log_start(keys: tuple[Hashable, ...], waited: float, warn: float | None, seq: float | None = None) -> None:
+def log_start(
+    keys: tuple[Hashable, ...], waited: float, warn: float | None, seq: float | None = None
+) -> None:
     """Emit the start lines of a job: DEBUG always, WARNING past ``wait_warning``.
 
     Both carry the fields of :func:`job_fields` (``extra``), for JSON handlers.
