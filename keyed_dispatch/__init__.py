@@ -19,6 +19,7 @@ from ._errors import (
     StartTimeout,
     SubmitTimeout,
 )
+from ._histogram import HistogramSnapshot
 from ._keys import WebhookKey, webhook_key
 from ._stats import DispatcherStats
 from ._thread import KeyedDispatcher, KeyedFuture, KeyExecutor
@@ -32,6 +33,7 @@ __all__ = [
     "DispatcherClosed",
     "DispatcherConfig",
     "DispatcherStats",
+    "HistogramSnapshot",
     "KeyExecutor",
     "KeyHalted",
     "KeyedDispatchError",
