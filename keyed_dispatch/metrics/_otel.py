@@ -7,7 +7,7 @@ from typing import Any
 
 try:
     from opentelemetry.metrics import CallbackOptions, Meter, Observation
-except ImportError:  # pragma: no cover - the extra is installed for the tests
+except ImportError:
     raise ImportError(
         "keyed_dispatch.metrics.instrument_meter needs opentelemetry-api: pip install "
         "'keyed_dispatch[otel]' (from a checkout: pip install -e '.[otel]')"

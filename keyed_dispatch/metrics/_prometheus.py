@@ -12,7 +12,7 @@ try:
         HistogramMetricFamily,
         Metric,
     )
-except ImportError:  # pragma: no cover - the extra is installed for the tests
+except ImportError:
     raise ImportError(
         "keyed_dispatch.metrics.PrometheusCollector needs prometheus_client: pip install "
         "'keyed_dispatch[prometheus]' (from a checkout: pip install -e '.[prometheus]')"
