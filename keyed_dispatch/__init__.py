@@ -18,47 +18,56 @@ from ._errors import (
     ShardsExhausted,
     StartTimeout,
     SubmitTimeout,
+    Superseded,
 )
 from ._histogram import HistogramSnapshot
 from ._keys import WebhookKey, webhook_key
-from ._stats import DispatcherStats
-from ._thread import KeyedDispatcher, KeyedFuture, KeyExecutor
+from ._policies import DeadLetter, JobContext, Retry
+from ._stats import DispatcherStats, KeyInfo
+from ._thread import KeyedDispatcher, KeyedFuture, KeyedOptions, KeyExecutor
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncKeyedDispatcher",
+    "AsyncKeyedOptions",
     "CommitTracker",
     "ConfigError",
+    "DeadLetter",
     "DispatcherClosed",
     "DispatcherConfig",
     "DispatcherStats",
     "HistogramSnapshot",
+    "JobContext",
     "KeyExecutor",
     "KeyHalted",
+    "KeyInfo",
     "KeyedDispatchError",
     "KeyedDispatcher",
     "KeyedFuture",
+    "KeyedOptions",
+    "Retry",
     "ShardsExhausted",
     "StartTimeout",
     "SubmitTimeout",
+    "Superseded",
     "WebhookKey",
     "webhook_key",
 ]
 
 
 if TYPE_CHECKING:
-    from ._asyncio import AsyncKeyedDispatcher
+    from ._asyncio import AsyncKeyedDispatcher, AsyncKeyedOptions
 else:
 
     def __getattr__(name: str) -> object:
-        # AsyncKeyedDispatcher is imported on first use: it imports asyncio
+        # The asyncio runner is imported on first use: it imports asyncio
         # (about 80 ms), which a thread-only program need not pay for.
-        if name == "AsyncKeyedDispatcher":
-            from ._asyncio import AsyncKeyedDispatcher  # noqa: PLC0415 - deferred on purpose
+        if name in ("AsyncKeyedDispatcher", "AsyncKeyedOptions"):
+            from . import _asyncio  # noqa: PLC0415 - deferred on purpose
 
-            globals()[name] = AsyncKeyedDispatcher
-            return AsyncKeyedDispatcher
+            value = globals()[name] = getattr(_asyncio, name)
+            return value
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:

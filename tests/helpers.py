@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import pytest
 
-from keyed_dispatch import DispatcherConfig, KeyedDispatcher
+from keyed_dispatch import DispatcherConfig, DispatcherStats, KeyedDispatcher
 
 _names = itertools.count(1)
 
@@ -34,13 +33,26 @@ def wait_until(predicate: Callable[[], object], timeout: float = WAIT, what: str
         time.sleep(0.001)
 
 
-def settle(dispatcher: KeyedDispatcher) -> None:
+class HasStats(Protocol):
+    def stats(self) -> DispatcherStats: ...
+
+
+def settle(dispatcher: HasStats) -> None:
     """Wait until no job of ``dispatcher`` is pending or running.
 
     A job's future is resolved a moment before the job retires (its key
     moves on, its outcome is counted), so a test reads counts only after this.
     """
     wait_until(lambda: (s := dispatcher.stats()).pending == s.running == 0, what="the dispatcher to settle")
+
+
+def assert_consistent(stats: DispatcherStats) -> None:
+    """The accounting identities that hold in every snapshot."""
+    finished = stats.completed + stats.failed + stats.cancelled + stats.timed_out
+    assert stats.pending + stats.running + finished == stats.submitted, stats
+    assert 0 <= stats.idle_workers <= stats.workers <= stats.max_workers, stats
+    assert stats.active_shards <= stats.max_shards, stats
+    assert stats.max_wait_s >= 0, stats
 
 
 def threads_named(prefix: str) -> list[threading.Thread]:
@@ -91,14 +103,3 @@ def close_and_check(dispatcher: KeyedDispatcher) -> None:
     assert threads_named(name + "_") == [], f"threads of {name} outlived shutdown(wait=True)"
     stats = dispatcher.stats()
     assert stats.pending == stats.running == stats.workers == 0, stats
-
-
-@contextmanager
-def checked_dispatcher(max_workers: int | None = 4, **kwargs: Any) -> Iterator[KeyedDispatcher]:
-    """:func:`new_dispatcher`, closed and checked on exit (for Hypothesis tests,
-    which cannot use function-scoped fixtures)."""
-    dispatcher = new_dispatcher(max_workers, **kwargs)
-    try:
-        yield dispatcher
-    finally:
-        close_and_check(dispatcher)

@@ -61,7 +61,14 @@ from typing import IO, Any
 
 import psycopg
 
-from keyed_dispatch.postgres import EmbeddedPostgres, JobFailed, PostgresDispatcher, current_job, key_text
+from keyed_dispatch.postgres import (
+    EmbeddedPostgres,
+    JobFailed,
+    PostgresDispatcher,
+    current_job,
+    job_function,
+    key_text,
+)
 from keyed_dispatch.postgres._schema import check_schema_name
 
 from ._exchange import ExchangeError, ExchangeOrder, FakeExchange
@@ -388,6 +395,7 @@ def _world(world: str, latency_ms: float, jitter: float, seed: int) -> _World:
         return found
 
 
+@job_function
 def handle_webhook(
     payload: dict[str, Any], *, world: str, latency_ms: float, jitter: float, seed: int
 ) -> dict[str, Any]:

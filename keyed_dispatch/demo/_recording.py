@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from keyed_dispatch import webhook_key
-from keyed_dispatch.postgres import EmbeddedPostgres, PostgresDispatcher, current_job, key_text
+from keyed_dispatch.postgres import EmbeddedPostgres, PostgresDispatcher, current_job, job_function, key_text
 from keyed_dispatch.postgres._schema import check_schema_name
 
 __all__ = [
@@ -58,10 +58,12 @@ SLEEP = "keyed_dispatch.demo._recording:sleep"
 SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT", "XRP/USDT", "ADA/USDT", "DOGE/USDT", "DOT/USDT", "LTC/USDT")
 
 
+@job_function
 def noop(*args: Any, **kwargs: Any) -> None:
     """A job that does nothing (benchmarks measure the queue, not the work)."""
 
 
+@job_function
 def sleep(seconds: float) -> None:
     """A job that waits ``seconds`` (stands for I/O such as exchange calls)."""
     time.sleep(seconds)
@@ -77,6 +79,7 @@ def create_events_table(dsn: str, schema: str) -> None:
         )
 
 
+@job_function
 def record_webhook(
     submitter: int,
     seq: int,
@@ -95,12 +98,13 @@ def record_webhook(
     """
     job = current_job()
     insert = _INSERT_EVENT.format(s=check_schema_name(events_schema))
+    keys = [key_text(key) for key in job.keys]
     with psycopg.connect(events_dsn, autocommit=True) as conn:
-        conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "start", os.getpid()))
+        conn.execute(insert, (job.job_id, job.attempt, keys, "start", os.getpid()))
         work = work_s + (first_attempt_s if job.attempt == 1 else 0.0)
         if work:
             time.sleep(work)  # the webhook's own work (exchange round trips)
-        conn.execute(insert, (job.job_id, job.attempt, list(job.keys), "end", os.getpid()))
+        conn.execute(insert, (job.job_id, job.attempt, keys, "end", os.getpid()))
     return {"submitter": submitter, "seq": seq, "pid": os.getpid(), "attempt": job.attempt}
 
 
@@ -221,7 +225,10 @@ def _submitter_process() -> None:
 def spawn_worker(
     dsn: str, schema: str, *, concurrency: int = 4, lease: float = 30.0, poll_interval: float = 1.0
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m keyed_dispatch worker`` for ``schema`` in a new process."""
+    """Start ``python -m keyed_dispatch worker`` for ``schema`` in a new process.
+
+    It imports this module, so it runs the jobs above.
+    """
     return subprocess.Popen(  # noqa: S603  # our own interpreter and options
         [
             sys.executable,
@@ -238,6 +245,8 @@ def spawn_worker(
             str(lease),
             "--poll-interval",
             str(poll_interval),
+            "--import",
+            __name__,
             "--log-level",
             "WARNING",
         ],

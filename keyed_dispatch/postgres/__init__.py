@@ -8,6 +8,49 @@ the order their submissions committed; the database enforces it.
 Needs psycopg 3 (``pip install 'keyed_dispatch[postgres]'``, from a checkout
 ``pip install -e '.[postgres]'``); the core of keyed_dispatch does not import
 this module.
+
+Job functions. A job names its function as ``"module:function"`` text, and
+a worker runs only functions registered in its process: decorated with
+:func:`job_function` in a module it imports (``--import myapp.tasks``), or
+given to ``run_worker(functions=...)`` (``--function``). A job naming any
+other function fails at once, and its keys move on.
+
+Keys. A key is stored as its canonical JSON text (:func:`key_text`), so
+keys equal in-process are one key in the cluster and unequal keys two.
+
+Database roles. The role that runs ``install_schema`` owns the queue: it
+needs CREATE on the database, and should not be a superuser (the queue's
+functions run with their owner's rights). Submitters and workers need only
+these grants (shown for the default schema and two roles of your naming)::
+
+    GRANT USAGE ON SCHEMA keyed_dispatch TO kd_submitter, kd_worker;
+    GRANT EXECUTE ON FUNCTION
+        keyed_dispatch.submit(uuid, text[], text, jsonb, jsonb, double precision),
+        keyed_dispatch.cancel(bigint),
+        keyed_dispatch.expire(integer)
+        TO kd_submitter;
+    GRANT SELECT ON keyed_dispatch.jobs, keyed_dispatch.job_keys, keyed_dispatch.migrations
+        TO kd_submitter;
+    GRANT EXECUTE ON FUNCTION
+        keyed_dispatch.claim(text, integer, double precision),
+        keyed_dispatch.heartbeat(text, bigint[], integer[], double precision),
+        keyed_dispatch.finish(bigint, integer, text, jsonb, text, text),
+        keyed_dispatch.recover(integer),
+        keyed_dispatch.expire(integer),
+        keyed_dispatch.prune(double precision, integer)
+        TO kd_worker;
+    GRANT SELECT ON keyed_dispatch.migrations TO kd_worker;
+
+Neither role can then change a row except through those functions. The
+submitter reads the jobs table (results, ``stats()``): it sees every job's
+arguments and results, so keep secrets out of them or give each tenant its
+own schema.
+
+Durability. A submit returns once its job is committed; that commit
+survives a server crash only with ``synchronous_commit = on`` (the
+default; with ``off`` the last commits before a crash are lost: jobs
+acknowledged to their submitters vanish and finished jobs may run again).
+Keep ``fsync`` and ``full_page_writes`` on as well.
 """
 
 from __future__ import annotations
@@ -20,13 +63,15 @@ except ImportError as _exc:
         "(from a checkout: pip install -e '.[postgres]')"
     ) from _exc
 
-from ._common import DatabaseUnavailable, JobFailed, key_text
+from ._common import MAX_KEY_BYTES, DatabaseUnavailable, JobFailed, key_text, key_value
 from ._dispatcher import PostgresDispatcher, PostgresFuture, PostgresStats
 from ._embedded import EmbeddedPostgres
+from ._registry import job_function
 from ._schema import SCHEMA_VERSION
 from ._worker import JobContext, current_job, run_worker
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "SCHEMA_VERSION",
     "DatabaseUnavailable",
     "EmbeddedPostgres",
@@ -36,6 +81,8 @@ __all__ = [
     "PostgresFuture",
     "PostgresStats",
     "current_job",
+    "job_function",
     "key_text",
+    "key_value",
     "run_worker",
 ]

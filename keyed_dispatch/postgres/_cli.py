@@ -33,7 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE at start (repeatable), to fail fast if the job code is missing",
+        help="import MODULE at start (repeatable); the job functions it registers with "
+        "@job_function are the ones this worker runs",
+    )
+    parser.add_argument(
+        "--function",
+        dest="functions",
+        action="append",
+        default=[],
+        metavar="MODULE:FUNCTION",
+        help="also run this function (repeatable), registered or not; a job naming a function "
+        "neither imported as registered nor given here fails",
     )
     parser.add_argument("--lease", type=float, default=30.0, help="seconds a claim lasts without heartbeat")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between fallback polls")
@@ -71,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             concurrency=args.concurrency,
             schema=args.schema,
             imports=args.imports,
+            functions=args.functions,
             lease=args.lease,
             poll_interval=args.poll_interval,
             retention=args.retention,
@@ -78,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop=stop,
             burst=args.burst,
         )
-    except (DatabaseUnavailable, RuntimeError, ImportError, ValueError) as exc:
+    except (DatabaseUnavailable, RuntimeError, ImportError, ValueError, TypeError) as exc:
         print(f"keyed_dispatch worker: {exc}", file=sys.stderr)
         return 2
     return 0

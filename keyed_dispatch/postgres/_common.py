@@ -6,23 +6,25 @@ import importlib
 import json
 import math
 import re
-from collections.abc import Callable, Hashable, Iterable
+import reprlib
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import psycopg
 
 from keyed_dispatch._errors import KeyedDispatchError
-from keyed_dispatch._keys import WebhookKey, normalize_keys
 
 __all__ = [
+    "MAX_KEY_BYTES",
     "DatabaseUnavailable",
     "JobFailed",
     "check_function_name",
     "connect",
     "dump_json",
     "key_text",
-    "keys_text",
+    "key_value",
     "resolve_function",
+    "storable_text",
 ]
 
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
@@ -31,8 +33,10 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # named like the core's errors
     """The database could not be reached (bad DSN, server down, connection lost).
 
-    Raised by ``submit*``, ``install_schema`` and ``stats``; a submit that
-    raises it wrote nothing.
+    Raised by ``submit*``, ``install_schema`` and ``stats`` once a
+    statement lost its connection and no new one could be made or kept.
+    Only then may a submit that raises it have queued its job (its commit
+    went unacknowledged); a submit that could not connect wrote nothing.
     """
 
 
@@ -53,37 +57,119 @@ class JobFailed(KeyedDispatchError, RuntimeError):  # named like the core's erro
         self.message = message
 
 
-def key_text(key: Hashable) -> str:
-    """The text a key is stored under; the same in every process.
+#: The longest key text accepted, in UTF-8 bytes: far below what the key
+#: index can hold (a btree row is at most about 2.7 kB), far above any
+#: sensible key.
+MAX_KEY_BYTES = 1024
 
-    ``str`` keys are themselves; ``int`` keys their decimal text (so ``7``
-    and ``"7"`` are the same key); a :class:`~keyed_dispatch.WebhookKey` is
-    ``strategy_{id}_symbol_{symbol}``, as it prints; a tuple of those
-    is its JSON array text (``(1, "BTC/USDT")`` -> ``[1, "BTC/USDT"]``).
+_MAX_KEY_DEPTH = 32
+
+
+def key_text(key: Hashable) -> str:
+    """The text a key is stored under: its canonical JSON, the same in every process.
+
+    Two keys are the same key in PostgreSQL exactly when they are the same
+    key in-process, that is when they compare equal (``==``, with equal
+    hashes): equal keys give equal texts, unequal keys different texts.
+
+    * ``str``: a JSON string (``"BTC/USDT"`` -> ``"BTC/USDT"`` with its
+      quotes), control characters escaped, other characters as they are.
+    * ``int``: a JSON number (``7`` -> ``7``), so ``7`` and ``"7"`` stay
+      two keys, as in-process. ``bool`` is an ``int``: ``True == 1``, so
+      ``True`` is stored as ``1`` and ``False`` as ``0``.
+    * ``float``: an integral value as that int (``1.0 == 1`` -> ``1``,
+      ``-0.0`` -> ``0``), any other value as its shortest round-trip text
+      (``0.5``, ``1e-05``). NaN and infinities are refused (ValueError).
+    * ``None``: ``null``.
+    * ``tuple``, named tuples included: a JSON array of its items' texts,
+      recursively, without spaces. A :class:`~keyed_dispatch.WebhookKey` is
+      a tuple, so ``webhook_key(1, "BTC/USDT")`` and ``(1, "BTC/USDT")`` are
+      one key, ``[1,"BTC/USDT"]``.
+    * Subclasses of these count as their base type, unless they redefine
+      ``__eq__`` or ``__hash__``.
+
+    Log lines show ``str(key)`` (``strategy_1_symbol_BTC/USDT``);
+    :func:`key_value` turns a stored text back into a key (tuples come back
+    as plain tuples, equal to the key submitted).
 
     Raises:
-        TypeError: any other type; convert it to text yourself, in the same
-            way in every process.
+        TypeError: a key (or a tuple item) of any other type, named in the
+            message; convert it to one of the above the same way in every
+            process.
+        ValueError: a float NaN or infinity, a string holding a lone
+            surrogate (not UTF-8), tuples nested more than 32 deep, or a
+            text longer than :data:`MAX_KEY_BYTES`.
     """
-    if isinstance(key, str):
-        return key
-    if isinstance(key, WebhookKey):
-        return str(key)
-    if isinstance(key, int) and not isinstance(key, bool):
-        return str(key)
-    if isinstance(key, tuple) and all(
-        isinstance(part, str) or (isinstance(part, int) and not isinstance(part, bool)) for part in key
-    ):
-        return json.dumps(list(key), ensure_ascii=False)
-    raise TypeError(
-        "distributed keys must be str, int, WebhookKey or a tuple of str/int, got "
-        f"{type(key).__name__}: {key!r}; convert it to text the same way in every process"
-    )
+    if type(key) is str:  # the common case, first
+        text = json.dumps(key, ensure_ascii=False)
+    else:
+        parts: list[str] = []
+        _encode(key, key, parts, 0)
+        text = "".join(parts)
+    try:
+        size = len(text.encode())
+    except UnicodeEncodeError:
+        raise ValueError(f"key {reprlib.repr(key)} holds a lone surrogate: it is not UTF-8 text") from None
+    if size > MAX_KEY_BYTES:
+        raise ValueError(
+            f"key text is {size} bytes, more than the {MAX_KEY_BYTES} a key may take: {reprlib.repr(key)}"
+        )
+    return text
 
 
-def keys_text(keys: Iterable[Hashable]) -> list[str]:
-    """Normalize a key collection to distinct texts, in first-seen order."""
-    return list(dict.fromkeys(key_text(key) for key in normalize_keys(keys)))
+def _faithful(kind: type, base: type) -> bool:
+    """Whether instances of ``kind`` (a subclass of ``base``) compare and hash as ``base``'s."""
+    return kind is base or (kind.__eq__ is base.__eq__ and kind.__hash__ is base.__hash__)
+
+
+def _encode(part: object, key: Hashable, out: list[str], depth: int) -> None:
+    """Append the canonical text of ``part`` (of ``key``) to ``out``."""
+    kind = type(part)
+    if isinstance(part, str) and _faithful(kind, str):
+        out.append(json.dumps(str.__str__(part), ensure_ascii=False))
+    elif isinstance(part, int) and _faithful(kind, int):
+        if part.bit_length() > 4 * MAX_KEY_BYTES:  # str() of it would be long, or refused
+            raise ValueError(f"key text is more than the {MAX_KEY_BYTES} bytes a key may take: int too large")
+        out.append(int.__repr__(part))
+    elif isinstance(part, float) and _faithful(kind, float):
+        if not math.isfinite(part):
+            raise ValueError(
+                f"a distributed key cannot hold the float {part!r}: NaN is not equal to itself, "
+                "infinities have no JSON form"
+            )
+        out.append(int.__repr__(int(part)) if part.is_integer() else float.__repr__(part))
+    elif part is None:
+        out.append("null")
+    elif isinstance(part, tuple) and _faithful(kind, tuple):
+        if depth >= _MAX_KEY_DEPTH:
+            raise ValueError(f"key tuples may nest at most {_MAX_KEY_DEPTH} deep: {reprlib.repr(key)}")
+        out.append("[")
+        for index, item in enumerate(part):
+            if index:
+                out.append(",")
+            _encode(item, key, out, depth + 1)
+        out.append("]")
+    else:
+        where = "" if part is key else f" in key {reprlib.repr(key)}"
+        raise TypeError(
+            "distributed keys are str, int, float, None or tuples of them (a WebhookKey is a tuple), "
+            f"got {kind.__name__}: {part!r}{where}; convert it to one of those the same way in every process"
+        )
+
+
+def key_value(text: str) -> Hashable:
+    """The key stored as ``text`` (see :func:`key_text`); JSON arrays become tuples.
+
+    ``key_text(key_value(t)) == t`` for every stored text ``t``, and
+    ``key_value(key_text(k)) == k`` for every key ``k`` accepted.
+    """
+    return _tuples(json.loads(text))
+
+
+def _tuples(value: Any) -> Hashable:
+    if isinstance(value, list):
+        return tuple(_tuples(item) for item in value)
+    return value  # type: ignore[no-any-return]
 
 
 def check_function_name(name: object) -> str:
@@ -123,16 +209,43 @@ def resolve_function(name: str) -> Callable[..., Any]:
     return target  # type: ignore[no-any-return]
 
 
+# A NUL character in a JSON string: ``\u0000`` after an even number of backslashes.
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def dump_json(value: Any, what: str) -> str:
-    """``value`` as strict JSON text (no NaN, no Infinity, no custom types).
+    """``value`` as strict JSON text that PostgreSQL's ``jsonb`` accepts.
+
+    No NaN, no Infinity, no custom types; no NUL character and no lone
+    surrogate in any string (``jsonb`` refuses ``\\u0000``, UTF-8 cannot
+    hold a surrogate).
 
     Raises:
         TypeError: ``value`` is not JSON-serializable; ``what`` names it.
+        ValueError: a string in ``value`` holds a NUL or a lone surrogate.
     """
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
+    if "\\u0000" in text and _JSON_NUL.search(text):
+        raise ValueError(f"{what} cannot hold a NUL character (\\x00): PostgreSQL refuses it in JSON")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} cannot hold a lone surrogate: it is not UTF-8 text") from None
+    return text
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what a PostgreSQL ``text`` column refuses escaped (NUL, lone surrogates)."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 def connect(dsn: str, *, application_name: str, timeout: float | None = None) -> psycopg.Connection[Any]:

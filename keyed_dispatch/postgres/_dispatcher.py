@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -18,6 +18,7 @@ import psycopg
 
 from keyed_dispatch._config import _check_seconds
 from keyed_dispatch._errors import DispatcherClosed, StartTimeout, SubmitTimeout
+from keyed_dispatch._keys import KeysText, normalize_keys
 
 from ._common import (
     DatabaseUnavailable,
@@ -25,9 +26,11 @@ from ._common import (
     check_function_name,
     connect,
     dump_json,
-    keys_text,
+    key_text,
+    key_value,
     resolve_function,
 )
+from ._registry import function_name, registered_function
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
 
 __all__ = ["PostgresDispatcher", "PostgresFuture", "PostgresStats", "install_schema", "schema_version"]
@@ -50,7 +53,8 @@ class PostgresStats:
         oldest_wait_s: how long the oldest queued job has waited, in
             seconds (0.0 when nothing is queued).
         hottest_keys: up to ten ``(key, unfinished jobs)`` pairs, longest
-            backlog first.
+            backlog first; keys as :func:`~keyed_dispatch.postgres.key_value`
+            reads them back (a tuple key, a WebhookKey too, as a plain tuple).
         workers: distinct workers running a job now.
         schema_version: the migration version installed.
         awaiting: futures of this dispatcher not resolved yet.
@@ -63,7 +67,7 @@ class PostgresStats:
     expired: int
     cancelled: int
     oldest_wait_s: float
-    hottest_keys: tuple[tuple[str, int], ...]
+    hottest_keys: tuple[tuple[Hashable, int], ...]
     workers: int
     schema_version: int
     awaiting: int
@@ -119,8 +123,9 @@ class PostgresDispatcher:
 
     How it differs from the thread dispatcher: a job names an importable
     function as ``"module:function"`` text and carries JSON arguments; it
-    runs in a worker process. Keys are stored as text (see
-    :func:`keyed_dispatch.postgres.key_text`). A worker that dies mid-job
+    runs in a worker process. Keys are stored as canonical JSON text (see
+    :func:`keyed_dispatch.postgres.key_text`): keys equal in-process are one
+    key in the cluster, unequal keys two. A worker that dies mid-job
     loses nothing: after its lease expires the job runs again (at least once)
     before any later job of its keys, so handlers should be idempotent; they
     get a token through :func:`keyed_dispatch.postgres.current_job`.
@@ -141,9 +146,16 @@ class PostgresDispatcher:
             limit. Measured on the database clock.
         schema: the PostgreSQL schema holding the queue.
         poll_interval: seconds between fallback polls for results.
-        verify_functions: import each function name at submit, so a typo
-            fails there rather than in a worker. Turn off when submitters
-            cannot import the workers' code.
+        verify_functions: import each function name at first submit and
+            check that it is registered with
+            :func:`~keyed_dispatch.postgres.job_function`, so a typo or a
+            function workers will refuse fails there rather than in a worker.
+            Turn off when submitters cannot import the workers' code (or
+            give ``functions``).
+        functions: the job functions the workers run, as objects or
+            ``module:function`` names, if the submitter knows them: a name
+            outside them is refused at submit, nothing is imported, and
+            ``verify_functions`` is not consulted.
         max_connections: idle connections kept for submitting threads.
     """
 
@@ -156,6 +168,7 @@ class PostgresDispatcher:
         schema: str = "keyed_dispatch",
         poll_interval: float = 1.0,
         verify_functions: bool = True,
+        functions: Iterable[Callable[..., Any] | str] | None = None,
         max_connections: int = 4,
     ) -> None:
         if not isinstance(dsn, str):
@@ -173,6 +186,14 @@ class PostgresDispatcher:
         self._start_timeout = start_timeout
         self._poll_interval = poll_interval
         self._verify = verify_functions
+        self._functions = (
+            None
+            if functions is None
+            else frozenset(
+                check_function_name(item) if isinstance(item, str) else function_name(item)
+                for item in functions
+            )
+        )
         self._max_idle = max_connections
         self._lock = threading.Lock()
         # Guarded by _lock: idle connections, awaited futures, listener state.
@@ -204,16 +225,28 @@ class PostgresDispatcher:
         conn = connect(self._dsn, application_name="keyed_dispatch submitter", timeout=self._submit_timeout)
         if math.isfinite(self._submit_timeout):
             # The bound on a statement, lock waits on hot keys included.
-            conn.execute(f"SET statement_timeout = {max(1, int(self._submit_timeout * 1000))}")
+            try:
+                conn.execute(f"SET statement_timeout = {max(1, int(self._submit_timeout * 1000))}")
+            except psycopg.Error as exc:
+                conn.close()
+                raise DatabaseUnavailable(f"lost a new connection to PostgreSQL: {exc}") from exc
         return conn
 
     def _call(self, query: str, params: tuple[Any, ...] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement (one transaction) on a pooled connection.
 
-        A reused connection found dead (server restart, terminated backend)
-        is replaced; every statement sent here is safe to repeat (a submit
-        carries a token, so a repeated one returns the first one's job).
+        Only a lost connection (server restart, terminated backend, network
+        cut) is retried: the statement is sent again on another connection,
+        which is safe for every statement sent here (a submit carries a
+        token, so a repeated one returns the job of the first if that one
+        committed without its acknowledgement reaching us). Dead idle
+        connections are replaced without limit (the pool is bounded); losing
+        a new connection twice raises DatabaseUnavailable. Any other error is
+        the database refusing the statement: raised at once, unchanged
+        (``psycopg.Error``), except a timeout (SubmitTimeout) and a missing
+        schema (RuntimeError).
         """
+        lost_new = 0
         while True:
             with self._lock:
                 self._after_fork()
@@ -229,27 +262,20 @@ class PostgresDispatcher:
                     if params is not None
                     else conn.execute(query).fetchall()
                 )
-            except psycopg.errors.QueryCanceled as exc:
-                self._give_back(conn)
-                raise SubmitTimeout(
-                    f"the database did not answer within submit_timeout={self._submit_timeout}s"
-                ) from exc
-            except (
-                psycopg.errors.UndefinedFunction,
-                psycopg.errors.UndefinedTable,
-                psycopg.errors.InvalidSchemaName,
-            ) as exc:
-                self._give_back(conn)
-                raise RuntimeError(
-                    f"keyed_dispatch schema {self._schema!r} is not installed (or older than this code); "
-                    "call install_schema()"
-                ) from exc
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                if not (conn.broken or conn.closed):
+                    self._give_back(conn)
+                    refusal = _refusal(exc, self._schema, self._submit_timeout)
+                    if refusal is None:
+                        raise
+                    raise refusal from exc
                 conn.close()
-                if reused:  # the idle pool is bounded, so this ends on a fresh connection
-                    logger.info("replacing a dead database connection: %s", exc)
-                    continue
-                raise DatabaseUnavailable(f"lost the connection to PostgreSQL: {exc}") from exc
+                if not reused:
+                    lost_new += 1
+                    if lost_new > 1:
+                        raise DatabaseUnavailable(f"lost the connection to PostgreSQL twice: {exc}") from exc
+                logger.info("lost a database connection (%s); sending the statement again on another", exc)
+                continue
             except BaseException:
                 self._give_back(conn)
                 raise
@@ -297,19 +323,30 @@ class PostgresDispatcher:
         submit on ``key`` (from any process) runs after it.
 
         Args:
-            key: str, int, WebhookKey or a tuple of str/int; stored as text.
+            key: str, int, float, None or a tuple of those (a WebhookKey is
+                one); keys equal in-process are one key here too, see
+                :func:`~keyed_dispatch.postgres.key_text`.
             func: ``"module:function"``, importable by the workers.
             args, kwargs: JSON-serializable (tuples arrive as lists).
 
         Raises:
             TypeError: non-JSON arguments, a key of another type, ``func``
                 not text or not callable.
-            ValueError: ``func`` not ``module:function``.
+            ValueError: ``func`` not ``module:function``; a key too long or
+                not storable (see ``key_text``); a NUL character or a lone
+                surrogate in a string of the arguments.
             ImportError: ``func`` cannot be imported (``verify_functions``).
+            LookupError: ``func`` is not registered (``verify_functions``)
+                or not among ``functions``.
             SubmitTimeout: the database did not answer within ``submit_timeout``.
-            DatabaseUnavailable: the database cannot be reached.
             DispatcherClosed: after ``close()``.
+            psycopg.Error: the database refused the job for another reason.
             Nothing was written when any of these is raised.
+            DatabaseUnavailable: the database cannot be reached. A lost
+                connection is retried with the same job token, so a submit
+                whose commit went unacknowledged returns its job; only when
+                no connection could be made again may the job have been
+                queued nonetheless (it then runs; no future follows it).
         """
         return self._submit((key,), func, args, kwargs)
 
@@ -326,10 +363,12 @@ class PostgresDispatcher:
     def _submit(
         self, keys: Iterable[Hashable], func: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> PostgresFuture:
-        texts = keys_text(keys)
+        keys = normalize_keys(keys)
+        # Keys equal in-process (1 and 1.0) have one text: they collapse here too.
+        texts = list(dict.fromkeys(map(key_text, keys)))
         check_function_name(func)
-        if self._verify and func not in self._verified:
-            resolve_function(func)
+        if func not in self._verified:
+            self._check_function(func)
             self._verified.add(func)
         args_json = dump_json(list(args), "job arguments")
         kwargs_json = dump_json(kwargs, "job keyword arguments")
@@ -358,10 +397,26 @@ class PostgresDispatcher:
             logger.debug(
                 "submitted job %d on %s (%.1f ms)",
                 job_id,
-                "+".join(texts),
+                KeysText(keys),
                 (time.monotonic() - started) * 1000,
             )
         return future
+
+    def _check_function(self, func: str) -> None:
+        """Refuse ``func`` if workers would refuse it (as far as this process knows)."""
+        if self._functions is not None:
+            if func not in self._functions:
+                raise LookupError(
+                    f"job function {func!r} is not one of the functions given to this dispatcher"
+                )
+        elif self._verify:
+            resolve_function(func)
+            if registered_function(func) is None:
+                raise LookupError(
+                    f"job function {func!r} is not registered: workers run only functions registered "
+                    "with @job_function (or given to run_worker(functions=...)); register it, or give "
+                    "this dispatcher functions=... or verify_functions=False"
+                )
 
     def _cancel(self, job_id: int) -> bool:
         rows = self._call(self._q.cancel, (job_id,))
@@ -475,7 +530,7 @@ class PostgresDispatcher:
             expired=int(counts.get("expired", 0)),
             cancelled=int(counts.get("cancelled", 0)),
             oldest_wait_s=float(oldest),
-            hottest_keys=tuple((str(key), int(n)) for key, n in hottest),
+            hottest_keys=tuple((key_value(key), int(n)) for key, n in hottest),
             workers=int(workers),
             schema_version=int(version),
             awaiting=awaiting,
@@ -514,6 +569,21 @@ class PostgresDispatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _refusal(exc: psycopg.Error, schema: str, timeout: float) -> Exception | None:
+    """The error to raise for ``exc`` (a statement's, on a live connection); None: ``exc`` itself."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return SubmitTimeout(f"the database did not answer within submit_timeout={timeout}s")
+    if isinstance(
+        exc,
+        (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName),
+    ):
+        return RuntimeError(
+            f"keyed_dispatch schema {schema!r} is not installed (or older than this code); "
+            "call install_schema()"
+        )
+    return None
 
 
 def install_schema(conn: psycopg.Connection[Any], schema: str) -> int:

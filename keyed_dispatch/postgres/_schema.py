@@ -24,7 +24,13 @@ holds whatever the workers do and however many there are:
   worker that lost its lease cannot record a stale result.
 * Failover. ``recover()`` puts running jobs whose lease expired back in the
   queue. They are still the heads of their keys (their ``job_keys`` rows
-  stay), so they run again before any later job of those keys.
+  stay), so they run again before any later job of those keys. A start
+  deadline applies to the first start only (``claim()`` clears it), so such
+  a job runs again rather than expiring.
+* Rights. The functions run with their owner's rights (SECURITY DEFINER,
+  with a fixed ``search_path``) and EXECUTE is revoked from PUBLIC: a role
+  needs EXECUTE on the functions it calls, and no right on the tables to
+  change them (the grants are in the package docs).
 
 Advisory locks are always taken all at once per transaction in sorted order,
 and row locks only after them (ascending ids), so these functions cannot
@@ -332,9 +338,88 @@ BEGIN
 END $$;
 """
 
+# Version 2: a start deadline applies to the first start only; cancel()
+# reports a job already cancelled; the functions run with their owner's
+# rights, so callers need only EXECUTE on them (see the package docs, "Database
+# roles"). A function replaced later must keep SECURITY DEFINER and its
+# search_path: CREATE OR REPLACE resets them.
+_V2 = """
+CREATE OR REPLACE FUNCTION {s}.claim(p_worker text, p_limit integer, p_lease double precision)
+RETURNS TABLE (id bigint, attempt integer, keys text[], func text, args jsonb, kwargs jsonb,
+               waited double precision)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(c.id ORDER BY c.id) INTO v_ids FROM (
+        SELECT j.id FROM {s}.jobs j
+        WHERE j.state = 'queued' AND j.blockers = 0
+          AND (j.deadline IS NULL OR j.deadline > clock_timestamp())
+          -- Belt and braces: the head of every key, read from the rows.
+          AND NOT EXISTS (
+              SELECT 1 FROM {s}.job_keys mine
+              JOIN {s}.job_keys earlier ON earlier.key = mine.key AND earlier.job_id < mine.job_id
+              WHERE mine.job_id = j.id)
+        ORDER BY j.id
+        LIMIT p_limit
+        FOR UPDATE OF j SKIP LOCKED) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE {s}.job_keys SET running = true WHERE job_id = ANY (v_ids);
+    -- The start deadline is met: a job queued again after its worker's lease
+    -- expired runs again (it has started once), it does not expire.
+    RETURN QUERY
+    UPDATE {s}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker = p_worker, deadline = NULL,
+        started_at = clock_timestamp(),
+        lease_until = clock_timestamp() + make_interval(secs => p_lease)
+    WHERE j.id = ANY (v_ids)
+    RETURNING j.id, j.attempt, j.keys, j.func, j.args, j.kwargs,
+              extract(epoch FROM j.started_at - j.submitted_at)::double precision;
+END $$;
+
+UPDATE {s}.jobs SET deadline = NULL WHERE attempt > 0 AND deadline IS NOT NULL;
+
+CREATE OR REPLACE FUNCTION {s}.cancel(p_id bigint) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_keys text[];
+BEGIN
+    SELECT keys INTO v_keys FROM {s}.jobs WHERE id = p_id;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM {s}._lock_keys(v_keys);
+    UPDATE {s}.jobs SET state = 'cancelled', finished_at = clock_timestamp()
+    WHERE id = p_id AND state = 'queued';
+    IF NOT FOUND THEN
+        -- Cancelled already (elsewhere, or by this cancel sent again after
+        -- its acknowledgement was lost): it will never run either way.
+        RETURN EXISTS (SELECT 1 FROM {s}.jobs WHERE id = p_id AND state = 'cancelled');
+    END IF;
+    PERFORM {s}._retire(p_id, v_keys);
+    RETURN true;
+END $$;
+
+ALTER FUNCTION {s}.submit(uuid, text[], text, jsonb, jsonb, double precision)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {s}.heartbeat(text, bigint[], integer[], double precision)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {s}.finish(bigint, integer, text, jsonb, text, text)
+    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {s}.expire(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {s}.recover(integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+ALTER FUNCTION {s}.prune(double precision, integer) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- PostgreSQL grants EXECUTE on new functions to everyone: only the roles
+-- granted it (and the owner) may call them now.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
+"""
+
 #: (version, SQL template) in order; applied ones are recorded in
 #: ``{schema}.migrations``. Append, never edit a released entry.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -11,7 +11,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +19,11 @@ from typing import Any
 import psycopg
 
 from keyed_dispatch._config import _check_seconds
+from keyed_dispatch._keys import KeysText
 
-from ._common import DatabaseUnavailable, connect, dump_json, resolve_function
+from ._common import DatabaseUnavailable, connect, dump_json, key_value, storable_text
 from ._dispatcher import schema_version
+from ._registry import registered_function, resolve_functions
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name
 
 __all__ = ["JobContext", "current_job", "run_worker"]
@@ -38,13 +40,15 @@ class JobContext:
             ``idempotency_key``) to an exchange as the client order id so a
             re-run after a failover cannot place the order twice.
         attempt: 1 for the first run, 2 after one failover, ...
-        keys: the job's keys, as stored (text).
+        keys: the job's keys, read back from their stored text
+            (:func:`~keyed_dispatch.postgres.key_value`): equal to the keys
+            submitted, tuples (a WebhookKey too) as plain tuples.
         worker: the name of the worker running it.
     """
 
     job_id: int
     attempt: int
-    keys: tuple[str, ...]
+    keys: tuple[Hashable, ...]
     worker: str
 
     @property
@@ -77,7 +81,7 @@ def current_job() -> JobContext:
 class _Claimed:
     job_id: int
     attempt: int
-    keys: tuple[str, ...]
+    keys: tuple[Hashable, ...]
     func: str
     args: list[Any]
     kwargs: dict[str, Any]
@@ -94,6 +98,7 @@ def run_worker(
     concurrency: int = 16,
     schema: str = "keyed_dispatch",
     imports: Iterable[str] = (),
+    functions: Iterable[Callable[..., Any] | str] = (),
     lease: float = 30.0,
     poll_interval: float = 1.0,
     retention: float = 7 * 86400.0,
@@ -104,6 +109,13 @@ def run_worker(
 ) -> int:
     """Run jobs from the queue until ``stop`` is set (or, with ``burst``, it is empty).
 
+    A worker runs only registered job functions: those registered with
+    :func:`~keyed_dispatch.postgres.job_function` in its process (by the
+    modules in ``imports``, or any it imported otherwise) and those in
+    ``functions``. It never imports what a job names: a job naming any other
+    function fails at once (``JobFailed``, ``LookupError``: "... is not
+    registered on this worker") and its keys move on.
+
     Any number of workers may run, on any host: each claims the oldest jobs
     whose keys are free, up to ``concurrency`` at once, and runs them on its
     threads. It wakes on ``LISTEN/NOTIFY`` and polls every ``poll_interval``
@@ -113,6 +125,11 @@ def run_worker(
     it reports later is rejected. Each worker also expires overdue jobs and
     deletes finished jobs older than ``retention`` seconds.
 
+    A job fails (``JobFailed`` on its future) whatever it raises, and its
+    keys move on: ``SystemExit``, ``KeyboardInterrupt`` and ``GeneratorExit``
+    too end the job, not the worker, as in a ``ThreadPoolExecutor`` (a job
+    runs on a pool thread; signals reach the worker's own thread).
+
     Stopping is graceful: no new claims, running jobs finish and are
     recorded. A lost connection is retried with backoff; results not yet
     recorded are kept and recorded after reconnecting.
@@ -121,7 +138,11 @@ def run_worker(
         dsn: libpq connection string or URI.
         concurrency: jobs run at once (threads).
         schema: the queue's schema (installed by ``install_schema``).
-        imports: modules imported at start (to fail fast on a bad deployment).
+        imports: modules imported at start: the job functions they register
+            are the ones this worker runs.
+        functions: more functions this worker runs, as objects (known by
+            ``module:qualname``) or ``module:function`` names (imported at
+            start).
         lease: seconds a claim lasts without a heartbeat.
         poll_interval: seconds between polls when no notification arrives.
         retention: seconds finished jobs are kept for their submitters.
@@ -136,7 +157,8 @@ def run_worker(
     Raises:
         DatabaseUnavailable: the first connection failed.
         RuntimeError: the schema is missing or newer than this code.
-        ImportError: a module in ``imports`` cannot be imported.
+        ImportError: a module in ``imports`` or a name in ``functions``
+            cannot be imported.
     """
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
         raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
@@ -146,6 +168,7 @@ def run_worker(
             raise ValueError(f"{label} must be > 0, got 0")
     for module in imports:
         importlib.import_module(module)
+    allowed = resolve_functions(functions)
     worker = _Worker(
         dsn,
         schema=check_schema_name(schema),
@@ -157,6 +180,7 @@ def run_worker(
         name=name or f"{socket.gethostname()}:{os.getpid()}:{next(_worker_numbers)}",
         stop=stop if stop is not None else threading.Event(),
         burst=burst,
+        functions=allowed,
     )
     return worker.run()
 
@@ -170,6 +194,25 @@ _GIVE_UP_WHEN_STOPPING = 5
 def _backoff(failures: int) -> float:
     """Seconds to wait before reconnection attempt ``failures``: 0.1, 0.2, ... 2."""
     return min(2.0, 0.05 * float(2 ** min(failures, 6)))
+
+
+# Errors that a live connection may raise and that pass: a statement timeout
+# set by the DBA, a lock or serialization conflict.
+_TRANSIENT = (
+    psycopg.errors.QueryCanceled,
+    psycopg.errors.LockNotAvailable,
+    psycopg.errors.TransactionRollback,
+)
+
+
+def _retryable(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
+    """Whether the worker should reconnect and go on after ``exc`` on ``conn``.
+
+    Yes for a lost connection and a transient error; no for the database
+    refusing a statement (a missing schema, missing rights), which would
+    only repeat.
+    """
+    return conn.broken or conn.closed or isinstance(exc, _TRANSIENT)
 
 
 def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
@@ -201,6 +244,7 @@ class _Worker:
         name: str,
         stop: threading.Event,
         burst: bool,
+        functions: dict[str, Callable[..., Any]],
     ) -> None:
         self.dsn = dsn
         self.schema = schema
@@ -215,7 +259,8 @@ class _Worker:
         self.burst = burst
         self.wake = threading.Event()
         self.done: queue.SimpleQueue[_Outcome] = queue.SimpleQueue()
-        self.functions: dict[str, Callable[..., Any]] = {}
+        # Besides the process's registry, which may grow while the worker runs.
+        self.functions = functions
         self.ran = 0
 
     # -- main loop ------------------------------------------------------------
@@ -268,7 +313,9 @@ class _Worker:
                             running[job.job_id] = job
                             pool.submit(self._execute, job)
                     failures = 0
-                except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                except (psycopg.Error, DatabaseUnavailable) as exc:
+                    if conn is not None and not _retryable(conn, exc):
+                        raise
                     failures += 1
                     if conn is not None:
                         conn.close()
@@ -335,7 +382,7 @@ class _Worker:
             _Claimed(
                 int(job_id),
                 int(attempt),
-                tuple(keys),
+                tuple(map(key_value, keys)),
                 func,
                 args,
                 kwargs,
@@ -345,12 +392,12 @@ class _Worker:
         ]
         for job in claimed:
             if self.wait_warning is not None and job.waited >= self.wait_warning:
-                logger.warning("job for %s waited %.2fs", "+".join(job.keys), job.waited)
+                logger.warning("job for %s waited %.2fs", KeysText(job.keys), job.waited)
             elif logger.isEnabledFor(logging.DEBUG):
                 logger.debug(
                     "started job %d for %s (waited %.3fs, attempt %d)",
                     job.job_id,
-                    "+".join(job.keys),
+                    KeysText(job.keys),
                     job.waited,
                     job.attempt,
                 )
@@ -358,10 +405,30 @@ class _Worker:
 
     def _record(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
         job, state, result, error_type, error_message = outcome
-        row = conn.execute(
-            self.q.finish,
-            (job.job_id, job.attempt, state, result, error_type, error_message),
-        ).fetchone()
+        try:
+            row = conn.execute(
+                self.q.finish,
+                (job.job_id, job.attempt, state, result, error_type, error_message),
+            ).fetchone()
+        except psycopg.Error as exc:
+            if _retryable(conn, exc) or state != "completed":
+                raise
+            # The database refused the result (too large for jsonb, ...):
+            # the job fails with that reason rather than blocking its keys.
+            logger.warning(
+                "worker %s: the database refused the result of job %d: %s", self.name, job.job_id, exc
+            )
+            row = conn.execute(
+                self.q.finish,
+                (
+                    job.job_id,
+                    job.attempt,
+                    "failed",
+                    None,
+                    type(exc).__name__,
+                    storable_text(f"the database refused the result: {exc}"),
+                ),
+            ).fetchone()
         if row is None or not row[0]:
             logger.warning(
                 "worker %s: result of job %d attempt %d rejected: its lease expired and the job "
@@ -403,25 +470,45 @@ class _Worker:
 
     # -- running a job (pool threads) -----------------------------------------
 
+    def _function(self, name: str) -> Callable[..., Any]:
+        """The function registered as ``name``; never imported from the job's text."""
+        fn = self.functions.get(name) or registered_function(name)
+        if fn is None:
+            raise LookupError(
+                f"job function {name!r} is not registered on this worker ({self.name}): "
+                "register it with @job_function in a module the worker imports, or pass it "
+                "to run_worker(functions=...)"
+            )
+        return fn
+
     def _execute(self, job: _Claimed) -> None:
         context = JobContext(job.job_id, job.attempt, job.keys, self.name)
         token = _current.set(context)
         try:
-            fn = self.functions.get(job.func)
-            if fn is None:
-                fn = self.functions[job.func] = resolve_function(job.func)
-            value = fn(*job.args, **job.kwargs)
+            value = self._function(job.func)(*job.args, **job.kwargs)
             outcome: _Outcome = (job, "completed", dump_json(value, f"result of {job.func}"), None, None)
-        except Exception as exc:  # noqa: BLE001  # the job's error goes to its submitter
+        # BaseException too: SystemExit, KeyboardInterrupt or GeneratorExit
+        # raised by a job ends the job, not the worker (as in a
+        # ThreadPoolExecutor); unrecorded, it would hold its keys for ever.
+        except BaseException as exc:  # noqa: BLE001  # the job's error goes to its submitter
             kind = type(exc)
             qualname = (
                 kind.__qualname__
                 if kind.__module__ == "builtins"
                 else f"{kind.__module__}.{kind.__qualname__}"
             )
-            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, exc)
-            outcome = (job, "failed", None, qualname, str(exc))
+            message = _message(exc)
+            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, message)
+            outcome = (job, "failed", None, storable_text(qualname), storable_text(message))
         finally:
             _current.reset(token)
         self.done.put(outcome)
         self.wake.set()
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a note if even that raises."""
+    try:
+        return str(exc)
+    except Exception as error:  # noqa: BLE001  # a broken __str__ must not lose the outcome
+        return f"<str() of the exception raised {type(error).__name__}>"

@@ -1,0 +1,83 @@
+"""Job functions for the PostgreSQL tests, registered for the workers.
+
+Worker processes started by the tests get the repository root on
+PYTHONPATH and ``--import tests.postgres.tasks``; jobs name these as
+``tests.postgres.tasks:function``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import threading
+from typing import Any
+
+from keyed_dispatch.postgres import current_job, job_function
+
+# In-process gates (only for workers running in the test process itself).
+gates: dict[str, threading.Event] = {}
+started: dict[str, threading.Event] = {}
+
+NOT_CALLABLE = 42
+
+
+@job_function
+def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Return the arguments as received (after the JSON round trip)."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@job_function
+def boom(message: str) -> None:
+    """Fail with a ValueError carrying ``message``."""
+    raise ValueError(message)
+
+
+@job_function
+def unserializable() -> object:
+    """Return something JSON cannot hold."""
+    return {1, 2}
+
+
+@job_function
+def context() -> dict[str, Any]:
+    """Return what the job knows about itself."""
+    job = current_job()
+    return {
+        "job_id": job.job_id,
+        "attempt": job.attempt,
+        "keys": list(job.keys),
+        "token": job.token,
+        "idempotency_key": job.idempotency_key,
+    }
+
+
+@job_function
+def gate(name: str) -> str:
+    """Signal ``started[name]``, then wait for ``gates[name]`` (in-process workers)."""
+    started.setdefault(name, threading.Event()).set()
+    if not gates.setdefault(name, threading.Event()).wait(30):
+        raise TimeoutError(f"gate {name} was never opened")
+    return name
+
+
+@job_function
+def raise_builtin(name: str) -> None:
+    """Raise the builtin exception ``name`` (``SystemExit``, ``KeyboardInterrupt``, ...)."""
+    raise getattr(builtins, name)()
+
+
+@job_function
+def nul_result() -> str:
+    """Return text holding a NUL character, which PostgreSQL cannot store."""
+    return "a\x00b"
+
+
+@job_function
+def nul_error() -> None:
+    """Fail with a message holding a NUL character and a lone surrogate."""
+    raise ValueError("a\x00b\ud800c")
+
+
+def unregistered() -> str:
+    """Importable, but not registered: no worker may run it."""
+    return "ran"

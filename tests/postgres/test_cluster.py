@@ -1,0 +1,118 @@
+"""The guarantees across processes: submitter and worker processes on one server."""
+
+# ruff: noqa: S608  # the tests run our own interpreter and build SQL from test schema names
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+psycopg = pytest.importorskip("psycopg")
+
+from keyed_dispatch import StartTimeout  # noqa: E402
+from keyed_dispatch.demo._recording import (  # noqa: E402
+    check_events,
+    create_events_table,
+    read_events,
+    run_distributed_burst,
+)
+from keyed_dispatch.postgres import PostgresDispatcher  # noqa: E402
+from tests.postgres.support import Spawn, wait_until  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+RECORD = "keyed_dispatch.demo._recording:record_webhook"
+
+
+def test_submitters_and_workers_in_separate_processes(pg_dsn: str) -> None:
+    # Also the demo's ``distributed`` row: 3 submitter and 3 worker processes.
+    report = run_distributed_burst(webhooks=150, submitters=3, workers=3, keys=4, dsn=pg_dsn)
+    assert report.violations == ()
+    assert (report.submitted, report.completed, report.errors) == (150, 150, 0)
+    assert report.multi_key_jobs > 0
+    assert len(report.worker_pids) >= 2  # more than one worker process took part
+    assert report.ok
+
+
+def test_sigkill_mid_job_loses_nothing_and_keeps_order(pg_dsn: str, pg_schema: str, spawn: Spawn) -> None:
+    create_events_table(pg_dsn, pg_schema)
+    workers = {proc.pid: proc for proc in (spawn("--lease", "1"), spawn("--lease", "1"))}
+    kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2) as d:
+        victim = d.submit("k", RECORD, 0, 0, first_attempt_s=60.0, **kw)
+        rest = [d.submit("k" if n % 2 else "other", RECORD, 0, n, **kw) for n in range(1, 11)]
+        wait_until(lambda: any(e.job_id == victim.job_id for e in read_events(pg_dsn, pg_schema)))
+        pid = next(e.pid for e in read_events(pg_dsn, pg_schema) if e.job_id == victim.job_id)
+        os.kill(pid, signal.SIGKILL)
+        workers[pid].wait(30)
+        killed_at = time.monotonic()
+        assert victim.result(30)["attempt"] == 2
+        failover = time.monotonic() - killed_at
+        for future in rest:
+            future.result(30)
+    events = read_events(pg_dsn, pg_schema)
+    starts = [e for e in events if e.job_id == victim.job_id and e.phase == "start"]
+    assert [e.attempt for e in starts] == [1, 2]
+    assert starts[1].pid != pid
+    submissions = [
+        [(victim.job_id, ["k"])] + [(f.job_id, ["k" if n % 2 else "other"]) for n, f in enumerate(rest, 1)]
+    ]
+    assert check_events(events, submissions) == []
+    print(f"failover after SIGKILL: {failover:.2f} s (lease 1 s)")
+
+
+def test_a_frozen_workers_late_result_is_rejected(pg_dsn: str, pg_schema: str, spawn: Spawn) -> None:
+    create_events_table(pg_dsn, pg_schema)
+    workers = {proc.pid: proc for proc in (spawn("--lease", "1"), spawn("--lease", "1"))}
+    kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2) as d:
+        job = d.submit("k", RECORD, 0, 0, first_attempt_s=0.3, **kw)
+        wait_until(lambda: any(e.job_id == job.job_id for e in read_events(pg_dsn, pg_schema)))
+        zombie = next(e.pid for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id)
+        os.kill(zombie, signal.SIGSTOP)
+        # The other worker takes the job over once the lease has expired.
+        assert job.result(30)["attempt"] == 2
+        os.kill(zombie, signal.SIGCONT)
+        # The zombie finishes its attempt and reports it: rejected by the fence.
+        wait_until(lambda: any(e.attempt == 1 and e.phase == "end" for e in read_events(pg_dsn, pg_schema)))
+        after = d.submit("k", "tests.postgres.tasks:context")
+        assert after.result(30)["attempt"] == 1
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            f"SELECT state, attempt, result FROM {pg_schema}.jobs WHERE id = %s", (job.job_id,)
+        )
+        state, attempt, result = row.fetchone()
+    assert (state, attempt, result["attempt"]) == ("completed", 2, 2)
+    proc = workers[zombie]
+    proc.terminate()
+    _, err = proc.communicate(timeout=30)
+    assert f"result of job {job.job_id} attempt 1 rejected" in err
+
+
+def test_a_job_started_in_time_runs_again_after_its_worker_dies_past_the_start_deadline(
+    pg_dsn: str, pg_schema: str, spawn: Spawn
+) -> None:
+    # The start deadline (1 s) passes while the job runs; the lease (3 s)
+    # expires later, after the SIGKILL. The deadline was met by the first
+    # start: the job is queued again and re-run, not expired.
+    create_events_table(pg_dsn, pg_schema)
+    workers = {proc.pid: proc for proc in (spawn("--lease", "3"), spawn("--lease", "3"))}
+    kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2, start_timeout=1.0) as d:
+        # A worker is up and claiming before the timed job is submitted.
+        assert d.submit("warm-up", "tests.postgres.tasks:context").result(30)["attempt"] == 1
+        job = d.submit("k", RECORD, 0, 0, first_attempt_s=60.0, **kw)
+        wait_until(lambda: any(e.job_id == job.job_id for e in read_events(pg_dsn, pg_schema)))
+        pid = next(e.pid for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id)
+        os.kill(pid, signal.SIGKILL)
+        workers[pid].wait(30)
+        try:
+            outcome = job.result(30)
+        except StartTimeout as exc:
+            raise AssertionError(f"the job that had started was expired: {exc}") from exc
+        assert outcome["attempt"] == 2
+    starts = [e for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id and e.phase == "start"]
+    assert [e.attempt for e in starts] == [1, 2]

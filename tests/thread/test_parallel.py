@@ -1,0 +1,94 @@
+"""How the thread runner shares its workers: a hot key keeps its worker, but
+yields to other keys after a bounded batch (parallelism and work
+conservation themselves are in tests/contract/test_parallel.py)."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from keyed_dispatch._engine import HOT_BATCH
+from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
+
+
+def test_hot_key_does_not_starve_a_cold_key_with_one_worker(make_dispatcher: MakeDispatcher) -> None:
+    # A hot key that keeps feeding itself: each of its jobs submits the
+    # next. With a single worker, the cold job admitted meanwhile runs before
+    # the hot jobs admitted after it.
+    d = make_dispatcher(1)
+    order: list[str] = []
+    cold_submitted = threading.Event()
+    done = threading.Event()
+    futures: list[Future[Any]] = []
+
+    def hot(n: int) -> None:
+        order.append(f"hot{n}")
+        if n == 0:
+            cold_submitted.wait(WAIT)
+        if n < 20:
+            futures.append(d.submit("hot", hot, n + 1))
+        else:
+            done.set()
+
+    d.submit("hot", hot, 0)
+    wait_until(lambda: order == ["hot0"], what="the hot chain to start")
+    futures.append(d.submit("cold", order.append, "cold"))
+    cold_submitted.set()
+    assert done.wait(WAIT)
+    for future in futures:
+        future.result(timeout=WAIT)
+    assert order.index("cold") == 1, order
+
+
+def test_hot_key_chain_keeps_its_worker_without_a_hand_off(make_dispatcher: MakeDispatcher) -> None:
+    # With workers free, a key's next job is started by the worker that ran
+    # the previous one (its chain is the critical path): one thread suffices.
+    d = make_dispatcher(4)
+    threads: set[str] = set()
+    futures = [d.submit("hot", lambda: threads.add(threading.current_thread().name)) for _ in range(50)]
+    for future in futures:
+        future.result(timeout=WAIT)
+    assert len(threads) == 1
+    assert d.stats().workers == 1
+
+
+def test_backlogged_hot_key_yields_after_a_bounded_batch(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # The one worker is busy; the hot key has a backlog of 200 jobs, then a
+    # cold job arrives. Once the worker is free, the hot key may run a batch
+    # of jobs in a row, but the cold job must not wait for the whole backlog.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    order: list[str] = []
+    futures: list[Future[Any]] = [d.submit("hot", gate.wait)]
+    futures += [d.submit("hot", order.append, "hot") for _ in range(200)]
+    futures.append(d.submit("cold", order.append, "cold"))
+    gate.set()
+    for future in futures:
+        future.result(timeout=WAIT)
+    assert order.index("cold") <= HOT_BATCH, order.index("cold")
+
+
+def test_hot_key_gives_up_one_turn_per_batch_not_its_place(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # One worker; the hot key's backlog was admitted before five cold jobs.
+    # After each batch the hot key lets the oldest waiting job go first and
+    # then carries on: it is not sent behind every waiting job, so a hot key
+    # that is the critical path loses one turn per batch, not a round.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    order: list[str] = []
+    futures: list[Future[Any]] = [d.submit("hot", gate.wait)]
+    futures += [d.submit("hot", order.append, "hot") for _ in range(100)]
+    futures += [d.submit(f"cold{n}", order.append, f"cold{n}") for n in range(5)]
+    gate.set()
+    for future in futures:
+        future.result(timeout=WAIT)
+    cold_positions = [order.index(f"cold{n}") for n in range(5)]
+    # The gate job was the first of the hot key's run: HOT_BATCH - 1 more hot
+    # jobs, then cold0; then HOT_BATCH hot jobs before each next cold job.
+    first = HOT_BATCH - 1
+    assert cold_positions == [first + n * (HOT_BATCH + 1) for n in range(5)], cold_positions
