@@ -13,8 +13,7 @@ import threading
 
 import pytest
 
-from keyed_dispatch import AsyncKeyedDispatcher, StartTimeout
-from keyed_dispatch._policies import Retry
+from keyed_dispatch import AsyncKeyedDispatcher, Retry, StartTimeout
 from tests.asyncio_support import WAIT, run, within
 from tests.metrics_support import check_otel, check_prometheus, otel_points, parse_exposition, value
 

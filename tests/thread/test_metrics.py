@@ -14,8 +14,7 @@ import time
 
 import pytest
 
-from keyed_dispatch import KeyedDispatcher, StartTimeout
-from keyed_dispatch._policies import Retry
+from keyed_dispatch import KeyedDispatcher, Retry, StartTimeout
 from tests.helpers import WAIT, Gates, MakeDispatcher, settle, wait_until
 from tests.metrics_support import check_otel, check_prometheus, otel_points, scrape, value
 
