@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 try:
@@ -15,7 +15,7 @@ except ImportError:
 
 from keyed_dispatch._histogram import HistogramSnapshot
 
-from ._source import OUTCOMES, Reading, Source, le_text, sources
+from ._source import OUTCOMES, PostgresSource, Reading, Source, le_text, sources
 
 __all__ = ["instrument_meter"]
 
@@ -49,14 +49,22 @@ def instrument_meter(dispatchers: Any, meter: Meter, *, top_keys: int = 10, time
       is at most ``le`` seconds, cumulative, ``+Inf`` included, as a
       Prometheus histogram's ``_bucket`` series).
 
+    A :class:`~keyed_dispatch.postgres.PostgresDispatcher` is read from the
+    database: ``keyed_dispatch.jobs.pending``, ``.jobs.running``,
+    ``keyed_dispatch.keys.active`` and ``keyed_dispatch.key.depth`` as above,
+    and its retained jobs as gauges (they go down when rows are pruned):
+    ``keyed_dispatch.retained.jobs``, ``keyed_dispatch.retained.job.failures``
+    and ``keyed_dispatch.retained.job.wait.*`` / ``.run.*``.
+
     One collection reads each dispatcher once, in the first instrument's
     callback (the SDK calls them in creation order); the other instruments
     report that same snapshot. Call it once per meter, with every
     dispatcher to export: instrument names may be created once per meter.
 
     Args:
-        dispatchers: a dispatcher created with ``metrics=True``, or an
-            iterable of them (their names must differ).
+        dispatchers: a dispatcher (created with ``metrics=True``, or a
+            PostgresDispatcher), or an iterable of them (their names must
+            differ).
         meter: an OpenTelemetry ``Meter``.
         top_keys: how many of the deepest keys get a depth value.
         timeout: seconds to wait for an AsyncKeyedDispatcher's event loop
@@ -65,7 +73,8 @@ def instrument_meter(dispatchers: Any, meter: Meter, *, top_keys: int = 10, time
     Raises:
         ValueError, TypeError: as :class:`PrometheusCollector`.
     """
-    feed = _Feed(sources(dispatchers, top_keys, timeout))
+    found = sources(dispatchers, top_keys, timeout)
+    feed = _Feed(found)
     meter.create_observable_counter(
         "keyed_dispatch.jobs",
         [feed.refreshing(_jobs)],
@@ -74,19 +83,20 @@ def instrument_meter(dispatchers: Any, meter: Meter, *, top_keys: int = 10, time
     )
     meter.create_observable_counter(
         "keyed_dispatch.job.failures",
-        [feed.reading(_failures)],
+        [feed.reading(_failures, live=True)],
         unit="{job}",
         description="Failed jobs, by exception type name.",
     )
     meter.create_observable_counter(
         "keyed_dispatch.job.retries",
-        [feed.reading(lambda r: [({}, r.retries)])],
+        [feed.reading(lambda r: [({}, r.retries)], live=True)],
         unit="{retry}",
         description="Retries scheduled.",
     )
     for field, name, unit, description in _UP_DOWN:
+        live = None if field in _SHARED else True
         meter.create_observable_up_down_counter(
-            name, [feed.reading(_field(field))], unit=unit, description=description
+            name, [feed.reading(_field(field), live=live)], unit=unit, description=description
         )
     meter.create_observable_gauge(
         "keyed_dispatch.key.depth",
@@ -101,21 +111,51 @@ def instrument_meter(dispatchers: Any, meter: Meter, *, top_keys: int = 10, time
         name = f"keyed_dispatch.job.{field}"
         meter.create_observable_counter(
             f"{name}.count",
-            [feed.reading(_histogram_count(field))],
+            [feed.reading(_histogram_count(field), live=True)],
             unit="{job}",
             description=f"{description} Values recorded.",
         )
         meter.create_observable_counter(
             f"{name}.sum",
-            [feed.reading(_histogram_sum(field))],
+            [feed.reading(_histogram_sum(field), live=True)],
             unit="s",
             description=f"{description} Total, in seconds.",
         )
         meter.create_observable_counter(
             f"{name}.bucket",
-            [feed.reading(_histogram_buckets(field))],
+            [feed.reading(_histogram_buckets(field), live=True)],
             unit="{job}",
             description=f"{description} Values at most le seconds, cumulative.",
+        )
+    if any(source.retained for source in found):
+        _retained_instruments(meter, feed)
+
+
+def _retained_instruments(meter: Meter, feed: _Feed) -> None:
+    # A PostgreSQL queue's figures count the jobs retained in the database:
+    # they go down when rows are pruned, so they are gauges.
+    meter.create_observable_gauge(
+        "keyed_dispatch.retained.jobs",
+        [feed.reading(_jobs, live=False)],
+        unit="{job}",
+        description="Finished jobs retained in the database, by outcome.",
+    )
+    meter.create_observable_gauge(
+        "keyed_dispatch.retained.job.failures",
+        [feed.reading(_failures, live=False)],
+        unit="{job}",
+        description="Failed jobs retained in the database, by exception type name.",
+    )
+    for field in ("wait", "run"):
+        name = f"keyed_dispatch.retained.job.{field}"
+        meter.create_observable_gauge(
+            f"{name}.count", [feed.reading(_histogram_count(field), live=False)], unit="{job}"
+        )
+        meter.create_observable_gauge(
+            f"{name}.sum", [feed.reading(_histogram_sum(field), live=False)], unit="s"
+        )
+        meter.create_observable_gauge(
+            f"{name}.bucket", [feed.reading(_histogram_buckets(field), live=False)], unit="{job}"
         )
 
 
@@ -128,6 +168,9 @@ _UP_DOWN = (
     ("keys_paused", "keyed_dispatch.keys.paused", "{key}", "Keys paused."),
 )
 
+# Figures that a PostgreSQL queue has too; the others are in-process only.
+_SHARED = ("pending", "running", "keys_active")
+
 # What an instrument reports of one reading: (attributes, value) pairs; the
 # dispatcher attribute is added by _Feed.
 _Points = Iterable[tuple[dict[str, str], float]]
@@ -136,7 +179,7 @@ _Points = Iterable[tuple[dict[str, str], float]]
 class _Feed:
     """The readings of one collection, shared by the instruments' callbacks."""
 
-    def __init__(self, readers: list[Source]) -> None:
+    def __init__(self, readers: Sequence[Source | PostgresSource]) -> None:
         self._sources = readers
         self._readings: list[Reading] | None = None
 
@@ -144,29 +187,38 @@ class _Feed:
         # The first instrument's callback: it takes the collection's readings.
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             self._readings = [source.read() for source in self._sources]
-            return self._observe(points)
+            return self._observe(points, True)
 
         return callback
 
-    def reading(self, points: Callable[[Reading], _Points]) -> _Callback:
+    def reading(self, points: Callable[[Reading], _Points], *, live: bool | None = None) -> _Callback:
+        # ``live``: True for the in-process dispatchers only, False for the
+        # PostgreSQL queues only, None for both.
         def callback(options: CallbackOptions) -> Iterable[Observation]:
             if self._readings is None:
                 self._readings = [source.read() for source in self._sources]
-            return self._observe(points)
+            return self._observe(points, live)
 
         return callback
 
-    def _observe(self, points: Callable[[Reading], _Points]) -> list[Observation]:
+    def _observe(self, points: Callable[[Reading], _Points], live: bool | None = True) -> list[Observation]:
         assert self._readings is not None
         return [
             Observation(value, {"dispatcher": reading.dispatcher, **attributes})
             for reading in self._readings
+            if live is None or live != reading.retained
             for attributes, value in points(reading)
         ]
 
 
 def _jobs(reading: Reading) -> _Points:
-    return [({"outcome": outcome}, count) for outcome, count in zip(OUTCOMES, reading.outcomes, strict=True)]
+    pairs = zip(OUTCOMES, reading.outcomes, strict=True)
+    # A PostgreSQL queue supersedes nothing.
+    return [
+        ({"outcome": outcome}, count)
+        for outcome, count in pairs
+        if not (reading.retained and outcome == "superseded")
+    ]
 
 
 def _failures(reading: Reading) -> _Points:

@@ -8,6 +8,7 @@ from typing import Any
 try:
     from prometheus_client.core import (
         CounterMetricFamily,
+        GaugeHistogramMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
         Metric,
@@ -50,13 +51,22 @@ class PrometheusCollector:
       waiting, in backoff) of the ``top_keys`` deepest keys only, so that
       the ``key`` label stays bounded.
 
+    A :class:`~keyed_dispatch.postgres.PostgresDispatcher` is read from the
+    database (one query per scrape, over the retained jobs; the label is its
+    schema name): the backlog gauges and the depth gauge as above, and,
+    since pruned rows make them go down, gauges where an in-process
+    dispatcher has counters: ``keyed_dispatch_retained_jobs{outcome}``,
+    ``keyed_dispatch_retained_job_failures{exception}`` and the gauge
+    histograms ``keyed_dispatch_retained_job_wait_seconds`` and
+    ``keyed_dispatch_retained_job_run_seconds``.
+
     Several dispatchers go in one collector (a metric family may appear
     only once per scrape); their names must differ.
 
     Args:
-        dispatchers: a dispatcher created with ``metrics=True`` (a
-            KeyedDispatcher or an AsyncKeyedDispatcher), or an iterable of
-            them.
+        dispatchers: a dispatcher (a KeyedDispatcher or an
+            AsyncKeyedDispatcher created with ``metrics=True``, or a
+            PostgresDispatcher), or an iterable of them.
         top_keys: how many of the deepest keys get a depth sample.
         timeout: seconds to wait for an AsyncKeyedDispatcher's event loop
             when scraped from another thread; past it the scrape fails.
@@ -69,24 +79,35 @@ class PrometheusCollector:
 
     def __init__(self, dispatchers: Any, *, top_keys: int = 10, timeout: float = 5.0) -> None:
         self._sources = sources(dispatchers, top_keys, timeout)
+        self._live = any(not source.retained for source in self._sources)
+        self._retained = any(source.retained for source in self._sources)
 
     def describe(self) -> Iterator[Metric]:
         """The metric families, without samples (lets a registry check names)."""
-        return _families([])
+        return _families([], self._live, self._retained)
 
     def collect(self) -> Iterator[Metric]:
         """The metric families with one snapshot of every dispatcher."""
-        return _families([source.read() for source in self._sources])
+        return _families([source.read() for source in self._sources], self._live, self._retained)
 
 
-def _families(readings: list[Reading]) -> Iterator[Metric]:
+def _families(readings: list[Reading], live: bool, retained: bool) -> Iterator[Metric]:
+    # ``live``: families of in-process dispatchers; ``retained``: those of
+    # PostgreSQL queues, whose figures count the retained jobs (they go
+    # down when rows are pruned: gauges, and gauge histograms).
+    shared = [
+        _gauge("keyed_dispatch_jobs_pending", "Jobs admitted, not started.", "pending"),
+        _gauge("keyed_dispatch_jobs_running", "Jobs running now.", "running"),
+        _gauge("keyed_dispatch_keys_active", "Keys with unfinished jobs.", "keys_active"),
+    ]
+    depth = GaugeMetricFamily(
+        "keyed_dispatch_key_depth", "Unfinished jobs of the deepest keys.", labels=[_LABEL, "key"]
+    )
     jobs = CounterMetricFamily(
         "keyed_dispatch_jobs", "Jobs finished, by outcome.", labels=[_LABEL, "outcome"]
     )
     failures = CounterMetricFamily(
-        "keyed_dispatch_job_failures",
-        "Failed jobs, by exception type name.",
-        labels=[_LABEL, "exception"],
+        "keyed_dispatch_job_failures", "Failed jobs, by exception type name.", labels=[_LABEL, "exception"]
     )
     retries = CounterMetricFamily("keyed_dispatch_job_retries", "Retries scheduled.", labels=[_LABEL])
     wait = HistogramMetricFamily(
@@ -95,31 +116,44 @@ def _families(readings: list[Reading]) -> Iterator[Metric]:
     run = HistogramMetricFamily(
         "keyed_dispatch_job_run_seconds", "Run time of a job attempt (or exclusive block).", labels=[_LABEL]
     )
-    gauges = [
-        (
-            GaugeMetricFamily("keyed_dispatch_jobs_pending", "Jobs admitted, not started.", labels=[_LABEL]),
-            "pending",
-        ),
-        (GaugeMetricFamily("keyed_dispatch_jobs_running", "Jobs running now.", labels=[_LABEL]), "running"),
-        (
-            GaugeMetricFamily("keyed_dispatch_jobs_in_backoff", "Jobs waiting for a retry.", labels=[_LABEL]),
-            "in_backoff",
-        ),
-        (
-            GaugeMetricFamily("keyed_dispatch_keys_active", "Keys with unfinished jobs.", labels=[_LABEL]),
-            "keys_active",
-        ),
-        (
-            GaugeMetricFamily("keyed_dispatch_keys_halted", "Keys halted by a failure.", labels=[_LABEL]),
-            "keys_halted",
-        ),
-        (GaugeMetricFamily("keyed_dispatch_keys_paused", "Keys paused.", labels=[_LABEL]), "keys_paused"),
+    live_only = [
+        _gauge("keyed_dispatch_jobs_in_backoff", "Jobs waiting for a retry.", "in_backoff"),
+        _gauge("keyed_dispatch_keys_halted", "Keys halted by a failure.", "keys_halted"),
+        _gauge("keyed_dispatch_keys_paused", "Keys paused.", "keys_paused"),
     ]
-    depth = GaugeMetricFamily(
-        "keyed_dispatch_key_depth", "Unfinished jobs of the deepest keys.", labels=[_LABEL, "key"]
+    kept = GaugeMetricFamily(
+        "keyed_dispatch_retained_jobs",
+        "Finished jobs retained in the database, by outcome.",
+        labels=[_LABEL, "outcome"],
+    )
+    kept_failures = GaugeMetricFamily(
+        "keyed_dispatch_retained_job_failures",
+        "Failed jobs retained in the database, by exception type name.",
+        labels=[_LABEL, "exception"],
+    )
+    kept_wait = GaugeHistogramMetricFamily(
+        "keyed_dispatch_retained_job_wait_seconds",
+        "Wait from submission to start of the retained jobs that started.",
+        labels=[_LABEL],
+    )
+    kept_run = GaugeHistogramMetricFamily(
+        "keyed_dispatch_retained_job_run_seconds", "Run time of the retained finished jobs.", labels=[_LABEL]
     )
     for reading in readings:
         name = reading.dispatcher
+        for family, field in shared:
+            family.add_metric([name], getattr(reading, field))
+        for key, count in reading.depths:
+            depth.add_metric([name, key], count)
+        if reading.retained:
+            for outcome, count in zip(OUTCOMES, reading.outcomes, strict=True):
+                if outcome != "superseded":  # not a PostgreSQL outcome
+                    kept.add_metric([name, outcome], count)
+            for exception, count in reading.failures:
+                kept_failures.add_metric([name, exception], count)
+            kept_wait.add_metric([name], _buckets(reading.wait), reading.wait.sum)
+            kept_run.add_metric([name], _buckets(reading.run), reading.run.sum)
+            continue
         for outcome, count in zip(OUTCOMES, reading.outcomes, strict=True):
             jobs.add_metric([name, outcome], count)
         for exception, count in reading.failures:
@@ -127,18 +161,22 @@ def _families(readings: list[Reading]) -> Iterator[Metric]:
         retries.add_metric([name], reading.retries)
         wait.add_metric([name], _buckets(reading.wait), reading.wait.sum)
         run.add_metric([name], _buckets(reading.run), reading.run.sum)
-        for family, field in gauges:
+        for family, field in live_only:
             family.add_metric([name], getattr(reading, field))
-        for key, count in reading.depths:
-            depth.add_metric([name, key], count)
-    yield jobs
-    yield failures
-    yield retries
-    yield wait
-    yield run
-    for family, _ in gauges:
+    if live:
+        yield from (jobs, failures, retries, wait, run)
+    if retained:
+        yield from (kept, kept_failures, kept_wait, kept_run)
+    for family, _ in shared:
         yield family
+    if live:
+        for family, _ in live_only:
+            yield family
     yield depth
+
+
+def _gauge(name: str, documentation: str, field: str) -> tuple[GaugeMetricFamily, str]:
+    return GaugeMetricFamily(name, documentation, labels=[_LABEL]), field
 
 
 def _buckets(histogram: HistogramSnapshot) -> list[tuple[str, float]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -20,11 +21,11 @@ from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any, TypeVar
 
-from keyed_dispatch._histogram import HistogramSnapshot
+from keyed_dispatch._histogram import BOUNDS, HistogramSnapshot
 from keyed_dispatch._keys import key_str
 from keyed_dispatch._runner import Runner
 
-__all__ = ["OUTCOMES", "Reading", "Source", "le_text", "sources"]
+__all__ = ["OUTCOMES", "PostgresSource", "Reading", "Source", "le_text", "sources"]
 
 _T = TypeVar("_T")
 
@@ -49,10 +50,16 @@ class Reading:
     keys_halted: int
     keys_paused: int
     depths: tuple[tuple[str, int], ...]  # the deepest keys' unfinished jobs, deepest first
+    # PostgreSQL: the outcomes, failures and histograms count the jobs still
+    # retained in the database (pruned after the workers' retention), so
+    # they can go down: they are exported as gauges, not counters.
+    retained: bool = False
 
 
 class Source:
     """Reads one in-process dispatcher (thread or asyncio)."""
+
+    retained = False
 
     def __init__(self, dispatcher: Runner, top_keys: int, timeout: float) -> None:
         if not dispatcher.metrics:
@@ -94,12 +101,63 @@ class Source:
         )
 
 
+class PostgresSource:
+    """Reads the queue of a PostgresDispatcher, across the cluster (one query)."""
+
+    retained = True
+
+    def __init__(self, dispatcher: Any, top_keys: int) -> None:
+        self.name: str = dispatcher._schema
+        self._dispatcher = dispatcher
+        self._top_keys = top_keys
+
+    def read(self) -> Reading:
+        states, failures, waits, wait_sum, runs, run_sum, keys, deepest = self._dispatcher._metrics(
+            BOUNDS, self._top_keys
+        )
+
+        def count(state: str) -> int:
+            return int(states.get(state, 0))
+
+        return Reading(
+            dispatcher=self.name,
+            outcomes=(count("completed"), count("failed"), count("cancelled"), count("expired"), 0),
+            failures=tuple((str(name), int(n)) for name, n in failures),
+            retries=0,
+            wait=_histogram(waits, wait_sum),
+            run=_histogram(runs, run_sum),
+            pending=count("queued"),
+            running=count("running"),
+            in_backoff=0,
+            keys_active=int(keys),
+            keys_halted=0,
+            keys_paused=0,
+            depths=tuple((str(key), int(n)) for key, n in deepest),
+            retained=True,
+        )
+
+
+def _histogram(by_bucket: dict[str, int], total: float) -> HistogramSnapshot:
+    # {bucket index (JSON text): count} from the database, as a snapshot.
+    counts = [0] * (len(BOUNDS) + 1)
+    for index, n in by_bucket.items():
+        counts[int(index)] = int(n)
+    return HistogramSnapshot(count=sum(counts), sum=float(total), bounds=BOUNDS, counts=tuple(counts))
+
+
 def le_text(bound: float) -> str:
     """A bucket bound as Prometheus writes it in ``le``: ``1e-06``, ``0.5``, ``+Inf``."""
     return "+Inf" if math.isinf(bound) else repr(bound)
 
 
-def sources(dispatchers: Any, top_keys: int, timeout: float) -> list[Source]:
+def _postgres_class() -> type | None:
+    # PostgresDispatcher if its module is loaded: if not, none can exist, and
+    # an in-process export does not pay for importing psycopg.
+    module = sys.modules.get("keyed_dispatch.postgres")
+    return None if module is None else module.PostgresDispatcher
+
+
+def sources(dispatchers: Any, top_keys: int, timeout: float) -> list[Source | PostgresSource]:
     """The sources of a dispatcher or an iterable of them, checked.
 
     Raises:
@@ -115,20 +173,26 @@ def sources(dispatchers: Any, top_keys: int, timeout: float) -> list[Source]:
         raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0, got {timeout}")
-    items: Iterable[Any] = [dispatchers] if isinstance(dispatchers, Runner) else dispatchers
+    postgres = _postgres_class()
+    single = isinstance(dispatchers, Runner) or (postgres is not None and isinstance(dispatchers, postgres))
+    items: Iterable[Any] = [dispatchers] if single else dispatchers
     try:
         found = list(items)
     except TypeError:
         raise TypeError(
             f"expected a dispatcher or an iterable of them, got {type(dispatchers).__name__}"
         ) from None
-    result: list[Source] = []
+    result: list[Source | PostgresSource] = []
     for dispatcher in found:
-        if not isinstance(dispatcher, Runner):
+        if isinstance(dispatcher, Runner):
+            result.append(Source(dispatcher, top_keys, timeout))
+        elif postgres is not None and isinstance(dispatcher, postgres):
+            result.append(PostgresSource(dispatcher, top_keys))
+        else:
             raise TypeError(
-                f"expected a KeyedDispatcher or an AsyncKeyedDispatcher, got {type(dispatcher).__name__}"
+                "expected a KeyedDispatcher, an AsyncKeyedDispatcher or a PostgresDispatcher, "
+                f"got {type(dispatcher).__name__}"
             )
-        result.append(Source(dispatcher, top_keys, timeout))
     if not result:
         raise ValueError("no dispatcher to export")
     names = [source.name for source in result]
