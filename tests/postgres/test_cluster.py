@@ -95,13 +95,14 @@ def test_a_frozen_workers_late_result_is_rejected(pg_dsn: str, pg_schema: str, s
 def test_a_job_started_in_time_runs_again_after_its_worker_dies_past_the_start_deadline(
     pg_dsn: str, pg_schema: str, spawn: Spawn
 ) -> None:
-    # The start deadline (1 s) passes while the job runs; the lease (3 s)
-    # expires later, after the SIGKILL. The deadline was met by the first
-    # start: the job is queued again and re-run, not expired.
+    # The start deadline (2 s: room for a claim on a loaded machine) passes
+    # while the job runs; the lease (5 s) expires later, after the SIGKILL.
+    # The deadline was met by the first start: the job is queued again and
+    # re-run, not expired.
     create_events_table(pg_dsn, pg_schema)
-    workers = {proc.pid: proc for proc in (spawn("--lease", "3"), spawn("--lease", "3"))}
+    workers = {proc.pid: proc for proc in (spawn("--lease", "5"), spawn("--lease", "5"))}
     kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
-    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2, start_timeout=1.0) as d:
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2, start_timeout=2.0) as d:
         # A worker is up and claiming before the timed job is submitted.
         assert d.submit("warm-up", "tests.postgres.tasks:context").result(30)["attempt"] == 1
         job = d.submit("k", RECORD, 0, 0, first_attempt_s=60.0, **kw)
