@@ -1,6 +1,6 @@
 """The strategy-webhook server of flask_webhooks.py, on FastAPI and asyncio.
 
-The same service (``POST /webhook``, ``GET /stats``, ``POST /resume``) and
+The same service (``POST /webhook``, ``GET /stats``, ``GET /metrics``, ``POST /resume``) and
 the same HTTP answers, ordered by an :class:`AsyncKeyedDispatcher` on the
 event loop: each request awaits ``dispatcher.run_multi(keys, apply, hook)``,
 which waits for the webhook's turn on every one of its keys without
@@ -18,6 +18,7 @@ Run it::
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
       {"type": "LIMIT", "side": "buy", "price": "100.5", "qty": "0.1"}]}'
     curl -s localhost:8000/stats
+    curl -s localhost:8000/metrics     # Prometheus text format
 
 With several processes (``uvicorn --app-dir examples --factory
 fastapi_webhooks:create_app --workers 2``), each has its own dispatcher, and
@@ -37,7 +38,8 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from keyed_dispatch import (
     AsyncKeyedDispatcher,
@@ -59,6 +61,7 @@ from keyed_dispatch.demo import (
     WebhookResult,
     parse_webhook,
 )
+from keyed_dispatch.metrics import PrometheusCollector
 
 RETRY_AFTER_SECONDS = 1
 
@@ -69,14 +72,18 @@ def create_app(
     """Build the app around an asyncio dispatcher and a webhook handler.
 
     Args:
-        dispatcher: by default a new one configured from the environment,
-            with ``halt_on_error=True`` (see flask_webhooks.create_app). It
+        dispatcher: created with ``metrics=True`` (for ``GET /metrics``); by
+            default a new one configured from the environment, with
+            ``halt_on_error=True`` (see flask_webhooks.create_app). It
             binds to the server's event loop on the first request, and the
             app closes it (``aclose``) when the server shuts down.
         handler: by default one over a FakeExchange with 20 ms per call and
             an in-memory order table.
     """
-    dispatcher = dispatcher if dispatcher is not None else AsyncKeyedDispatcher(halt_on_error=True)
+    if dispatcher is None:
+        dispatcher = AsyncKeyedDispatcher(halt_on_error=True, metrics=True, name="webhooks")
+    registry = CollectorRegistry()  # see flask_webhooks.create_app
+    registry.register(PrometheusCollector(dispatcher))
     if handler is None:
         handler = WebhookHandler(
             FakeExchange(0.020, jitter=0.5, max_notional=Decimal(1_000_000)), OrderStore()
@@ -127,6 +134,11 @@ def create_app(
     async def stats() -> dict[str, Any]:
         # On the loop's thread, where the dispatcher lives.
         return dispatcher.stats().as_dict()
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        # On the loop's thread, so the collector reads the dispatcher directly.
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/resume")
     async def resume(request: Request) -> JSONResponse:

@@ -15,6 +15,7 @@ Run it (a fake exchange with 20 ms per call, an in-memory database)::
       "symbols": ["BTC/USDT"], "seq": 17, "orders": [{"type": "CANCEL_ALL"},
       {"type": "LIMIT", "side": "buy", "price": "100.5", "qty": "0.1"}]}'
     curl -s localhost:8000/stats
+    curl -s localhost:8000/metrics     # Prometheus text format
 
 HTTP answers: 200 with what the webhook did; 400 for a body that is not
 JSON or a missing/invalid field (nothing is queued); 503 with Retry-After
@@ -41,6 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from keyed_dispatch import (
     DispatcherClosed,
@@ -62,6 +64,7 @@ from keyed_dispatch.demo import (
     WebhookHandler,
     parse_webhook,
 )
+from keyed_dispatch.metrics import PrometheusCollector
 
 RETRY_AFTER_SECONDS = 1
 
@@ -70,20 +73,26 @@ def create_app(dispatcher: KeyedDispatcher | None = None, handler: WebhookHandle
     """Build the app around a dispatcher and a webhook handler.
 
     Args:
-        dispatcher: the dispatcher webhooks are submitted to; by default a
-            new one configured from the environment, with
+        dispatcher: the dispatcher webhooks are submitted to, created with
+            ``metrics=True`` (``GET /metrics`` exports its histograms); by
+            default a new one configured from the environment, with
             ``halt_on_error=True`` (a failed webhook stops its key: the next
             webhook must not act on a half-applied state).
         handler: the webhook handler; by default one over a FakeExchange
             with 20 ms per call and an in-memory order table.
     """
-    dispatcher = dispatcher if dispatcher is not None else KeyedDispatcher(halt_on_error=True)
+    if dispatcher is None:
+        dispatcher = KeyedDispatcher(halt_on_error=True, metrics=True, name="webhooks")
     if handler is None:
         handler = WebhookHandler(
             FakeExchange(0.020, jitter=0.5, max_notional=Decimal(1_000_000)), OrderStore()
         )
     app = Flask(__name__)
     app.extensions["keyed_dispatch"] = dispatcher
+    # A registry of our own: the process-wide default one would also get the
+    # collector of every other app built in this process.
+    registry = CollectorRegistry()
+    registry.register(PrometheusCollector(dispatcher))
 
     @app.post("/webhook")
     def webhook() -> tuple[Response, int] | Response:
@@ -103,6 +112,10 @@ def create_app(dispatcher: KeyedDispatcher | None = None, handler: WebhookHandle
     @app.get("/stats")
     def stats() -> Response:
         return jsonify(dispatcher.stats().as_dict())
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
 
     @app.post("/resume")
     def resume() -> tuple[Response, int] | Response:

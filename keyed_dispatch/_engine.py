@@ -54,6 +54,7 @@ from typing import Any
 
 from ._config import DispatcherConfig
 from ._errors import KeyHalted, StartTimeout
+from ._histogram import Timings
 from ._keys import KeysText
 from ._stats import DispatcherStats
 
@@ -62,6 +63,7 @@ __all__ = [
     "COMPLETED",
     "FAILED",
     "HOT_BATCH",
+    "MAX_FAILURE_TYPES",
     "QUEUED",
     "RUNNING",
     "SUPERSEDED",
@@ -90,6 +92,12 @@ FAILED = 1
 CANCELLED = 2
 TIMED_OUT = 3
 SUPERSEDED = 4
+
+# Failures are counted by exception type name, for the first this many
+# names seen; later new names count under OTHER_FAILURES, so that the
+# counts stay bounded whatever the jobs raise.
+MAX_FAILURE_TYPES = 32
+OTHER_FAILURES = "<other>"
 
 
 def outcome_of(error: BaseException) -> int:
@@ -163,6 +171,7 @@ class Job:
         "kwargs",
         "options",
         "seq",
+        "started",
         "state",
         "streak",
         "waited",
@@ -202,6 +211,9 @@ class Job:
         self.admitted = 0.0
         self.deadline: float | None = None
         self.waited = 0.0
+        # When the runner called the job's current attempt (metrics only:
+        # see Engine.timings).
+        self.started: float | None = None
         # Set by Engine.take when the job must fail instead of running.
         self.error: BaseException | None = None
 
@@ -218,6 +230,7 @@ class Engine:
 
     __slots__ = (
         "_backoff",
+        "_failures",
         "_halt_on_error",
         "_halted",
         "_max_wait",
@@ -232,9 +245,10 @@ class Engine:
         "_running",
         "_shards",
         "_submitted",
+        "timings",
     )
 
-    def __init__(self, *, halt_on_error: bool) -> None:
+    def __init__(self, *, halt_on_error: bool, metrics: bool = False) -> None:
         # A key's shard: the job itself while it is the key's only one (no
         # deque for the common case: a deque costs ~600 bytes), else a deque.
         self._shards: dict[Hashable, Job | deque[Job]] = {}
@@ -259,6 +273,12 @@ class Engine:
         self._parked: list[Job] = []
         self._backoff = 0  # jobs waiting for a retry (state BACKOFF)
         self._retries = 0  # retries scheduled since creation
+        # Failed jobs by exception type name (bounded: MAX_FAILURE_TYPES).
+        self._failures: dict[str, int] = {}
+        # The wait and run histograms (metrics=True), or None. The engine
+        # records a job's wait when it first starts; runners record the run
+        # time of each attempt.
+        self.timings = Timings() if metrics else None
 
     # -- admission ---------------------------------------------------------
 
@@ -360,6 +380,8 @@ class Engine:
         self._running += 1
         if self._halted:
             self._check_halted(job)
+        if self.timings is not None and job.error is None:
+            self.timings.wait.add(0.0)
         return True
 
     # -- start -------------------------------------------------------------
@@ -409,6 +431,9 @@ class Engine:
             job.deadline = None
         if self._halted and job.error is None:
             self._check_halted(job)
+        timings = self.timings
+        if timings is not None and attempt == 1 and job.error is None:
+            timings.wait.add(waited)
         return job
 
     def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
@@ -426,6 +451,8 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
+        if outcome == FAILED:
+            self._count_failure(job, error)
         key = keys[0]
         shards = self._shards
         shard = shards.get(key)
@@ -500,14 +527,16 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
-        if outcome == FAILED and self._halt_on_error and error is not None:
-            for key in job.keys:
-                try:
-                    self._halted[key] = error
-                except Exception:
-                    logger.exception(
-                        "cannot halt %s: comparing it with a halted key failed", KeysText((key,))
-                    )
+        if outcome == FAILED:
+            self._count_failure(job, error)
+            if self._halt_on_error and error is not None:
+                for key in job.keys:
+                    try:
+                        self._halted[key] = error
+                    except Exception:
+                        logger.exception(
+                            "cannot halt %s: comparing it with a halted key failed", KeysText((key,))
+                        )
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
@@ -515,6 +544,19 @@ class Engine:
             shard = self._pop_head(key, job)
             if shard is not None:
                 self._advance(key, shard, streak)
+
+    def _count_failure(self, job: Job, error: BaseException | None) -> None:
+        # ``error``: the job's own exception, else the one it was failed
+        # with (KeyHalted...).
+        cause = error if error is not None else job.error
+        name = type(cause).__name__ if cause is not None else OTHER_FAILURES
+        failures = self._failures
+        if name in failures:
+            failures[name] += 1
+        elif len(failures) < MAX_FAILURE_TYPES:
+            failures[name] = 1
+        else:
+            failures[OTHER_FAILURES] = failures.get(OTHER_FAILURES, 0) + 1
 
     def kill(self, job: Job, outcome: int) -> bool:
         """Retire a job that has not started (cancelled or expired).
@@ -767,6 +809,9 @@ class Engine:
             retries=self._retries,
             in_backoff=self._backoff,
             paused_keys=len(self._paused),
+            failures=tuple(sorted(self._failures.items(), key=lambda item: (-item[1], item[0]))),
+            wait=None if self.timings is None else self.timings.wait.snapshot(),
+            run=None if self.timings is None else self.timings.run.snapshot(),
         )
 
     def queued_jobs(self) -> list[Job]:

@@ -190,7 +190,12 @@ class KeyedDispatcher(Runner):
         dead_letter: called with a :class:`DeadLetter` when a job with a
             retry policy fails for good, outside the dispatcher's lock; what
             it raises is logged.
-        name: prefix of the worker thread names.
+        name: prefix of the worker thread names; the ``dispatcher`` label
+            of its metrics.
+        metrics: record the wait and run histograms of :meth:`stats`
+            (``wait``, ``run``), which the exporters of
+            :mod:`keyed_dispatch.metrics` need. Off, the dispatcher pays
+            nothing for them.
         config: the base settings instead of the environment's.
 
     Raises:
@@ -211,6 +216,7 @@ class KeyedDispatcher(Runner):
         retry: Retry | None = None,
         dead_letter: Callable[[DeadLetter], object] | None = None,
         name: str = "keyed-dispatch",
+        metrics: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
         super().__init__(
@@ -224,6 +230,7 @@ class KeyedDispatcher(Runner):
             wait_warning,
             retry,
             dead_letter,
+            metrics=metrics,
         )
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -241,7 +248,7 @@ class KeyedDispatcher(Runner):
         self._drained = threading.Condition(self._lock)
         self._timer_cond = threading.Condition(self._lock)
         self._room_waiters = 0
-        self._engine = Engine(halt_on_error=self._halt_on_error)
+        self._engine = Engine(halt_on_error=self._halt_on_error, metrics=self._metrics)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
         # Idents of this dispatcher's worker threads: user code running in
@@ -611,6 +618,7 @@ class KeyedDispatcher(Runner):
         if future.set_running_or_notify_cancel():
             future.set_exception(exc)
             outcome = FAILED
+            job.error = exc  # counted in stats().failures by its type
         with self._lock:
             self._nworkers -= 1
             self._threads.discard(thread)
@@ -626,6 +634,7 @@ class KeyedDispatcher(Runner):
         lock = self._lock
         engine = self._engine
         finish = engine.finish
+        timings = engine.timings
         idle = self._idle
         config = self._config
         max_workers = config.max_workers
@@ -673,6 +682,7 @@ class KeyedDispatcher(Runner):
                 if not retriable:
                     job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 error: BaseException | None = None
+                started: float | None = None
                 worker.holding = job.keys
                 worker.running = job
                 # A retry's future is running since the first attempt; a
@@ -683,7 +693,9 @@ class KeyedDispatcher(Runner):
                     future.set_exception(job.error)
                     outcome = outcome_of(job.error)
                 else:
-                    log_start(job.keys, job.waited, config.wait_warning)
+                    log_start(job.keys, job.waited, config.wait_warning, job.seq)
+                    if timings is not None:
+                        started = _monotonic()
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
@@ -714,6 +726,8 @@ class KeyedDispatcher(Runner):
                 if not lock.acquire(False):
                     _acquire_holding_gil(lock)
                 try:
+                    if started is not None and timings is not None:
+                        timings.run.add(_monotonic() - started)
                     if outcome == _RETRY:
                         self._backoff_locked(job, delay)  # type: ignore[arg-type]
                         job = engine.take(_monotonic())
@@ -914,8 +928,10 @@ class KeyedDispatcher(Runner):
             raise DispatcherClosed("the dispatcher was shut down before the block's turn came") from None
         job = future._kd_job
         assert job is not None
-        log_start(wanted, job.waited, self._config.wait_warning)
+        log_start(wanted, job.waited, self._config.wait_warning, job.seq)
         self._local.keys = wanted
+        timings = engine.timings
+        started = _monotonic()
         outcome, error = COMPLETED, None
         try:
             yield
@@ -930,6 +946,8 @@ class KeyedDispatcher(Runner):
                 # started empty: the block belongs to the parent's engine
                 # and has nothing to release here.
                 if self._engine is engine:
+                    if timings is not None:
+                        timings.run.add(_monotonic() - started)
                     engine.release(job, outcome, error)
                     spawn = self._after_retire_locked()
             if spawn:

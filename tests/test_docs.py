@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import keyed_dispatch
+import keyed_dispatch.metrics
 import keyed_dispatch.testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,6 +85,7 @@ def test_api_reference_documents_every_public_name() -> None:
             documented.setdefault(module, set()).add(match.group(1))
     assert documented["keyed_dispatch"] == set(keyed_dispatch.__all__)
     assert documented["keyed_dispatch.testing"] == set(keyed_dispatch.testing.__all__)
+    assert documented["keyed_dispatch.metrics"] == set(keyed_dispatch.metrics.__all__)
     postgres = pytest.importorskip("keyed_dispatch.postgres")
     assert documented["keyed_dispatch.postgres"] == set(postgres.__all__)
 

@@ -6,7 +6,7 @@ from keyed_dispatch import KeyedDispatcher
 
 def test_public_names_match_all() -> None:
     public = {name for name in dir(keyed_dispatch) if not name.startswith("_")}
-    public -= {"annotations", "demo", "postgres", "testing"}  # submodules, imported on demand
+    public -= {"annotations", "demo", "metrics", "postgres", "testing"}  # submodules, imported on demand
     assert public == set(keyed_dispatch.__all__)
 
 

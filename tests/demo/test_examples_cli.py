@@ -81,6 +81,8 @@ def test_server_example_runs_as_documented(example: str) -> None:
             assert len(answer.json()["placed"]) == 2
             assert client.post(f"{url}/webhook", content=b"nope").status_code == 400
             assert client.get(f"{url}/stats").json()["completed"] == 1
+            scrape = client.get(f"{url}/metrics").text
+            assert 'keyed_dispatch_jobs_total{dispatcher="webhooks",outcome="completed"} 1.0' in scrape
     finally:
         server.terminate()
         server.wait(DEADLINE)

@@ -49,6 +49,7 @@ class Served:
     store: OrderStore
     handler: WebhookHandler
     client: Any
+    kind: str  # "flask" or "fastapi": also the dispatcher's name
 
     def stats(self) -> dict[str, Any]:
         response = self.client.get(f"{self.url}/stats")
@@ -71,7 +72,9 @@ def flask_server(handler: WebhookHandler, settings: dict[str, Any]) -> Iterator[
     """The Flask example on werkzeug's threaded server, over a KeyedDispatcher."""
     from werkzeug.serving import make_server
 
-    dispatcher = KeyedDispatcher(halt_on_error=True, wait_warning=None, max_workers=WORKERS, **settings)
+    dispatcher = KeyedDispatcher(
+        halt_on_error=True, wait_warning=None, max_workers=WORKERS, metrics=True, name="flask", **settings
+    )
     app = load_example("flask_webhooks").create_app(dispatcher, handler)
     server = make_server("127.0.0.1", 0, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -90,7 +93,9 @@ def fastapi_server(handler: WebhookHandler, settings: dict[str, Any]) -> Iterato
     """The FastAPI example on uvicorn, over an AsyncKeyedDispatcher (closed by the app)."""
     import uvicorn
 
-    dispatcher = AsyncKeyedDispatcher(WORKERS, halt_on_error=True, wait_warning=None, **settings)
+    dispatcher = AsyncKeyedDispatcher(
+        WORKERS, halt_on_error=True, wait_warning=None, metrics=True, name="fastapi", **settings
+    )
     app = load_example("fastapi_webhooks").create_app(dispatcher, handler)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="none")
     server = uvicorn.Server(config)
@@ -130,7 +135,7 @@ def serve(request: pytest.FixtureRequest) -> Iterator[Callable[..., Served]]:
         url = server.__enter__()
         client = httpx.Client(timeout=DEADLINE)
         stack.append((server, store, client))
-        return Served(url, exchange, store, handler, client)
+        return Served(url, exchange, store, handler, client, kind)
 
     yield start
     for server, store, client in reversed(stack):
@@ -376,3 +381,50 @@ def test_stats_answers_json(serve: Callable[..., Served]) -> None:
     stats = served.stats()
     assert {"submitted", "pending", "running", "active_shards", "max_workers"} <= set(stats)
     assert stats["max_workers"] == WORKERS
+
+
+@pytest.mark.slow
+def test_metrics_are_scraped_during_a_burst(serve: Callable[..., Served], clients: Clients) -> None:
+    pytest.importorskip("prometheus_client")
+    from tests.metrics_support import labelled, parse_exposition, value
+
+    served = serve(latency=0.01)
+    name = served.kind
+    bodies = burst(40)
+    scrapes: list[dict[str, float]] = []
+    with ThreadPoolExecutor(16) as pool:
+        responses = pool.map(lambda b: clients.post(f"{served.url}/webhook", b), bodies)
+        while True:
+            answer = served.client.get(f"{served.url}/metrics")
+            assert answer.status_code == 200
+            assert answer.headers["content-type"].startswith("text/plain")
+            samples, types = parse_exposition(answer.text)
+            assert types["keyed_dispatch_job_wait_seconds"] == "histogram"
+            completed = value(samples, "keyed_dispatch_jobs_total", dispatcher=name, outcome="completed")
+            scrapes.append(
+                {
+                    "completed": completed,
+                    "waits": value(samples, "keyed_dispatch_job_wait_seconds_count", dispatcher=name),
+                    "runs": value(samples, "keyed_dispatch_job_run_seconds_count", dispatcher=name),
+                    "in_flight": value(samples, "keyed_dispatch_jobs_pending", dispatcher=name)
+                    + value(samples, "keyed_dispatch_jobs_running", dispatcher=name),
+                }
+            )
+            if completed == len(bodies):
+                break
+        assert [r.status_code for r in responses] == [200] * len(bodies)
+    for field in ("completed", "waits", "runs"):  # counters never go back
+        series = [scrape[field] for scrape in scrapes]
+        assert series == sorted(series), field
+    for scrape in scrapes:
+        assert scrape["completed"] <= scrape["runs"] <= scrape["waits"] <= len(bodies)
+        assert scrape["in_flight"] <= len(bodies) - scrape["completed"]
+    # After the burst: one job per webhook, each waited and ran once.
+    samples, _ = parse_exposition(served.client.get(f"{served.url}/metrics").text)
+    assert value(samples, "keyed_dispatch_job_wait_seconds_count", dispatcher=name) == len(bodies)
+    assert value(samples, "keyed_dispatch_job_run_seconds_count", dispatcher=name) == len(bodies)
+    buckets = labelled(samples, "keyed_dispatch_job_run_seconds_bucket", "le", dispatcher=name)
+    assert buckets["0.01"] == 0  # a webhook makes 3 exchange calls or more, of 5 ms or more each
+    assert buckets["+Inf"] == len(bodies)
+    assert value(samples, "keyed_dispatch_keys_active", dispatcher=name) == 0
+    assert served.stats()["completed"] == len(bodies)
