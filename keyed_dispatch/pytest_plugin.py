@@ -64,7 +64,7 @@ def _settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     marker = request.node.get_closest_marker("keyed_dispatch")
     settings = dict(marker.kwargs) if marker is not None else {}
     if marker is not None and marker.args:
-        raise pytest.UsageError("@pytest.mark.keyed_dispatch takes keyword arguments only")
+        pytest.fail("@pytest.mark.keyed_dispatch takes keyword arguments only", pytrace=False)
     # Environment-free defaults: a test must not depend on KEYED_DISPATCH_*.
     settings.setdefault("config", DispatcherConfig())
     return settings
@@ -74,7 +74,10 @@ def _check(fixture: str, recorder: OrderRecorder) -> None:
     try:
         recorder.check()
     except AssertionError as exc:
-        pytest.fail(f"{fixture}: a per-key guarantee was broken: {exc}", pytrace=False)
+        broken = str(exc)
+    else:
+        return
+    pytest.fail(f"{fixture}: a per-key guarantee was broken: {broken}", pytrace=False)
 
 
 @pytest.fixture
@@ -128,8 +131,9 @@ def simulated_dispatcher(request: pytest.FixtureRequest) -> Iterator[CheckedSimu
     dispatcher.shutdown(wait=False, cancel_pending=True)
     if stats.pending or stats.running:
         pytest.fail(
-            f"simulated_dispatcher: the test ended with {stats.pending} jobs queued and "
-            f"{stats.running} started but not finished; call run_until_idle() before it returns",
+            "simulated_dispatcher: the test ended with jobs left (queued: "
+            f"{stats.pending}, started and not finished: {stats.running}); call run_until_idle() "
+            "before it returns",
             pytrace=False,
         )
     _check("simulated_dispatcher", dispatcher.recorder)
