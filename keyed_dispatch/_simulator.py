@@ -27,6 +27,7 @@ from typing import Any, TypeVar, overload
 from ._config import DispatcherConfig
 from ._engine import CANCELLED, COMPLETED, FAILED, RUNNING, TIMED_OUT, Engine, Job, outcome_of
 from ._errors import DispatcherClosed
+from ._keys import KeysText
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
 __all__ = ["Chooser", "ScheduleStep", "SimulatedDispatcher", "SimulatedJob", "describe_step"]
@@ -65,7 +66,9 @@ class SimulatedJob:
         return name if isinstance(name, str) else repr(self.fn)
 
     def __str__(self) -> str:
-        return f"job #{self.number} on keys {self.keys!r} ({self.name})"
+        # Keys as the log lines print them: str(), joined with "+".
+        keys = "key" if len(self.keys) == 1 else "keys"
+        return f"job #{self.number} on {keys} {KeysText(self.keys)} ({self.name})"
 
 
 Chooser = Callable[[Sequence[SimulatedJob]], SimulatedJob]
@@ -77,7 +80,7 @@ dispatcher prefers); returns one of them.
 
 
 def describe_step(number: int, job: SimulatedJob, resumed: bool, among: Iterable[int]) -> str:
-    """A step in words: ``step 2: job #3 on keys ('B',) (handle) [among #1 #3]``."""
+    """A step in words: ``step 2: job #3 on key B (handle) [among #1 #3]``."""
     numbers = " ".join(f"#{n}" for n in among)
     return f"step {number}: {job}{' resumes' if resumed else ''} [among {numbers}]"
 
@@ -161,15 +164,17 @@ class SimulatedDispatcher(Runner):
 
     Not thread-safe: use it from one thread; jobs run in that thread.
 
+    ``max_shards``, ``submit_timeout``, ``start_timeout``, ``max_pending``,
+    ``wait_warning`` and ``halt_on_error`` mean what they mean for
+    ``KeyedDispatcher``, with seconds on the simulated clock. There is no
+    ``exclusive()``.
+
     Args:
         chooser: picks the next job: called with the candidates (a
             sequence of :class:`SimulatedJob`, in the default order), it
             returns one of them. None picks the first: the oldest runnable
             job, as the thread dispatcher does (the schedule of one worker).
         seed: pick at random, reproducibly, instead of ``chooser``.
-        max_shards, submit_timeout, start_timeout, max_pending,
-            wait_warning, halt_on_error: as for ``KeyedDispatcher``, with
-            seconds on the simulated clock.
         config: the base settings; None means ``DispatcherConfig()``'s
             defaults, not the environment's (a test must not depend on it).
 

@@ -432,8 +432,8 @@ def hypothesis_chooser(data: DataObject) -> Chooser:
     Hypothesis shrinks a failing schedule towards the default order, and
     the schedule it reports deviates from it only where the failure needs
     it. Each step is also recorded with ``note()``, so the failure report
-    lists the schedule in words (``step 2: job #3 on keys ('B',) (handle)
-    [among #1 #3]``). A step with one candidate draws nothing.
+    lists the schedule in words (``step 2: job #3 on key B (handle) [among
+    #1 #3]``). A step with one candidate draws nothing.
     """
     from hypothesis import note
     from hypothesis import strategies as st

@@ -6,7 +6,9 @@ The inner sessions load the plugin the way users get it, through its
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import entry_points
+from pathlib import Path
 
 import pytest
 
@@ -103,8 +105,13 @@ def test_the_fixtures_pass_a_test_that_waits_for_its_jobs(tester: pytest.Pyteste
             assert sorted(ran) == list("abcdef") and ran != sorted(ran)
         """
     )
+    # The example of the testing page, as written.
+    page = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
+    fixtures = page.split("## pytest fixtures", 1)[1]
+    (example,) = re.findall(r"^```python\n(.*?)^```", fixtures, flags=re.MULTILINE | re.DOTALL)
+    tester.makepyfile(test_page_example=example)
     result = tester.runpytest()
-    result.assert_outcomes(passed=6)
+    result.assert_outcomes(passed=8)
 
 
 FAILING = """

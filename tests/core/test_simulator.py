@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Generator, Hashable, Sequence
 from concurrent.futures import CancelledError, Future
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,16 +52,17 @@ def test_the_default_chooser_takes_the_oldest_runnable_job() -> None:
     assert sim.run_until_idle() == 5
     assert ran == ["a1", "b1", "ab", "a2", "c1"]  # ab waits for a1 and b1; a2 waits for ab
     assert [str(step) for step in sim.schedule] == [
-        "step 1: job #1 on keys ('a',) (list.append) [among #1 #2 #5]",
-        "step 2: job #2 on keys ('b',) (list.append) [among #2 #5]",
-        "step 3: job #3 on keys ('a', 'b') (list.append) [among #3 #5]",
-        "step 4: job #4 on keys ('a',) (list.append) [among #4 #5]",
-        "step 5: job #5 on keys ('c',) (list.append) [among #5]",
+        "step 1: job #1 on key a (list.append) [among #1 #2 #5]",
+        "step 2: job #2 on key b (list.append) [among #2 #5]",
+        "step 3: job #3 on keys a+b (list.append) [among #3 #5]",
+        "step 4: job #4 on key a (list.append) [among #4 #5]",
+        "step 5: job #5 on key c (list.append) [among #5]",
     ]
     assert sim.step() is False
     assert sim.stats().completed == 5
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(workloads(("a", "b", "c"), max_jobs=30, failures=False, cancellations=False))
 def test_the_default_schedule_is_the_one_of_a_one_worker_keyed_dispatcher(jobs: list[JobSpec]) -> None:
@@ -141,10 +144,10 @@ def test_hypothesis_finds_the_order_that_breaks_the_handler_and_reports_it_shrun
     report = "\n".join(getattr(caught.value, "__notes__", []))
     # Shrunk towards the default order: it deviates only at step 3, where
     # the withdrawal overtakes the second deposit.
-    assert "step 1: job #1 on keys ('A',) (Account.deposit) [among #1 #2]" in report
-    assert "step 2: job #2 on keys ('B',) (Account.audit) [among #2 #3]" in report
-    assert "step 3: job #4 on keys ('B',) (Account.withdraw) [among #3 #4]" in report
-    assert "step 4: job #3 on keys ('A',) (Account.deposit) [among #3]" in report
+    assert "step 1: job #1 on key A (Account.deposit) [among #1 #2]" in report
+    assert "step 2: job #2 on key B (Account.audit) [among #2 #3]" in report
+    assert "step 3: job #4 on key B (Account.withdraw) [among #3 #4]" in report
+    assert "step 4: job #3 on key A (Account.deposit) [among #3]" in report
 
 
 # -- random workloads --------------------------------------------------------------
@@ -161,6 +164,7 @@ def run_workload(sim: SimulatedDispatcher, jobs: list[JobSpec]) -> tuple[OrderRe
     return rec, [job.job_id for job in rec.ran()]
 
 
+@pytest.mark.slow
 def test_every_explored_schedule_keeps_the_guarantees_and_some_leave_the_default_order() -> None:
     deviations = 0
 
@@ -226,7 +230,7 @@ def test_a_job_describes_its_call() -> None:
     (job,) = seen
     assert (job.number, job.keys, job.fn, job.args, job.kwargs) == (1, ("k", 2), work, ("x",), {"sep": ""})
     assert job.name == repr(work)  # a partial has no __qualname__
-    assert str(job) == f"job #1 on keys ('k', 2) ({work!r})"
+    assert str(job) == f"job #1 on keys k+2 ({work!r})"
 
 
 def test_a_chooser_must_return_one_of_the_candidates() -> None:
@@ -552,9 +556,9 @@ def test_coroutine_jobs_interleave_at_sleep_zero_and_keep_their_keys() -> None:
     assert log == ["c<", "c>", "b<", "b>", "a<", "a>"]
     resumed = [str(step) for step in sim.schedule if step.resumed]
     assert resumed == [
-        "step 2: job #3 on keys ('c',) (two_halves) resumes [among #3 #1 #2]",
-        "step 4: job #2 on keys ('b',) (two_halves) resumes [among #2 #1]",
-        "step 6: job #1 on keys ('a',) (two_halves) resumes [among #1]",
+        "step 2: job #3 on key c (two_halves) resumes [among #3 #1 #2]",
+        "step 4: job #2 on key b (two_halves) resumes [among #2 #1]",
+        "step 6: job #1 on key a (two_halves) resumes [among #1]",
     ]
 
 
@@ -607,7 +611,7 @@ def test_a_coroutine_job_awaiting_a_real_future_fails_at_its_await() -> None:
     sim.run_until_idle()
     error = future.exception(0)
     assert isinstance(error, RuntimeError)
-    assert "job #1 on keys ('a',)" in str(error)
+    assert "job #1 on key a" in str(error)
     assert "asyncio.sleep(0)" in str(error)
     assert reached == ["before"]
 
@@ -688,3 +692,33 @@ def test_schedule_is_a_copy() -> None:
     assert len(sim.schedule) == 1
     key: Hashable = sim.schedule[0].job.keys[0]
     assert key == "a"
+
+
+# -- the example of docs/testing.md ---------------------------------------------------
+
+TESTING_PAGE = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
+
+
+def page_blocks(language: str) -> list[str]:
+    section = TESTING_PAGE.read_text().split("## Exploring interleavings", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"^```{language}\n(.*?)^```", section, flags=re.MULTILINE | re.DOTALL)
+
+
+@pytest.mark.slow
+def test_the_testing_page_finds_the_webhook_bug_it_shows() -> None:
+    example, bug = page_blocks("python")
+    (report,) = page_blocks("text")
+    namespace: dict[str, Any] = {"__name__": "testing_page"}
+    exec(compile(example, "testing.md", "exec"), namespace)  # noqa: S102 - our own docs
+    test = namespace["test_every_order_keeps_the_exchange_and_the_database_in_step"]
+    test()  # the handler dispatched on all its symbols passes in every order
+    exec(compile(bug, "testing.md", "exec"), namespace)  # noqa: S102 - our own docs
+    with pytest.raises(AssertionError) as caught:
+        test()
+    notes = getattr(caught.value, "__notes__", [])
+    failure, *rest = report.splitlines()
+    assert failure == f"AssertionError: {caught.value}"
+    steps = [line for line in rest if line.startswith(("step ", "Draw "))]
+    assert len(steps) == 6
+    for line in steps:
+        assert line in notes
