@@ -110,19 +110,25 @@ class ScheduleStep:
 
 class _SimulatedFuture(Future[_T]):
     # A plain concurrent future whose cancel() retires its queued job.
-    _sim: SimulatedDispatcher | None = None
-    _job: Job | None = None
+    _sim: SimulatedDispatcher
+    _job: Job
     _info: SimulatedJob
     _coro: Coroutine[Any, Any, Any] | None = None
 
     def cancel(self) -> bool:
         if not super().cancel():
             return False
-        sim = self._sim
-        job = self._job
-        if sim is not None and job is not None:
-            sim._on_cancel(job)
+        self._sim._on_cancel(self._job)
         return True
+
+
+class _ChooserFailed(BaseException):
+    # The chooser raised inside a job (a submit waiting for room runs
+    # steps): the error must reach the caller of step(), not the job's
+    # future (Hypothesis stops a test case by raising from a draw).
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 def _seeded(seed: int) -> Chooser:
@@ -374,7 +380,12 @@ class SimulatedDispatcher(Runner):
         chooser = self._chooser
         if chooser is None:
             return 0
-        chosen = chooser(tuple(infos))
+        try:
+            chosen = chooser(tuple(infos))
+        except BaseException as exc:
+            if self._depth:
+                raise _ChooserFailed(exc) from exc
+            raise
         for index, info in enumerate(infos):
             if info is chosen:
                 return index
@@ -418,6 +429,11 @@ class SimulatedDispatcher(Runner):
             outcome, error = FAILED, exc
         finally:
             self._depth -= 1
+        if isinstance(error, _ChooserFailed):
+            # Cut short by the chooser: every job on the stack fails with
+            # its error, which the outermost one raises.
+            self._finish(job, FAILED, None, error.error)
+            raise error if self._depth else error.error
         self._finish(job, outcome, value, error)
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise error  # as asyncio does: the test run must stop
@@ -457,12 +473,15 @@ class SimulatedDispatcher(Runner):
         self._engine.release(job, outcome, error)
 
     def _on_cancel(self, job: Job) -> None:
-        # Called by _SimulatedFuture.cancel once the future is cancelled.
-        if self._engine.kill(job, CANCELLED):
-            future = job.future
-            job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-            # Wakes the waiters of concurrent.futures.wait(), as a worker would.
-            future.set_running_or_notify_cancel()
+        # Called by _SimulatedFuture.cancel once the future is cancelled. A
+        # job's future is marked running as soon as the job leaves the
+        # queue (taken or expired), so a cancel that succeeds finds it queued.
+        killed = self._engine.kill(job, CANCELLED)
+        assert killed, "a job that left its queue had a cancellable future"
+        future = job.future
+        job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
+        # Wakes the waiters of concurrent.futures.wait(), as a worker would.
+        future.set_running_or_notify_cancel()
 
     # -- the simulated clock -------------------------------------------------
 

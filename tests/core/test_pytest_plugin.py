@@ -49,7 +49,7 @@ def test_the_fixtures_pass_a_test_that_waits_for_its_jobs(tester: pytest.Pyteste
 
         import pytest
 
-        from keyed_dispatch import AsyncKeyedDispatcher, KeyedDispatcher
+        from keyed_dispatch import AsyncKeyedDispatcher, KeyedDispatcher, ShardsExhausted
         from keyed_dispatch.testing import SimulatedDispatcher
 
 
@@ -96,6 +96,24 @@ def test_the_fixtures_pass_a_test_that_waits_for_its_jobs(tester: pytest.Pyteste
             assert type(halted.exception(10)).__name__ == "KeyHalted"
 
 
+        @pytest.mark.keyed_dispatch(max_shards=1)
+        def test_refused_submits_are_recorded_as_not_run(
+            keyed_dispatcher, async_keyed_dispatcher, simulated_dispatcher
+        ):
+            for dispatcher in (keyed_dispatcher, simulated_dispatcher):
+                with pytest.raises(ShardsExhausted):
+                    dispatcher.submit_multi(["a", "b"], print)
+                assert dispatcher.recorder.jobs[0].expect_run is False
+
+            async def main():
+                async with async_keyed_dispatcher as d:
+                    with pytest.raises(ShardsExhausted):
+                        await d.submit_multi(["a", "b"], asyncio.sleep, 0)
+
+            asyncio.run(main())
+            assert async_keyed_dispatcher.recorder.jobs[0].expect_run is False
+
+
         @pytest.mark.keyed_dispatch(seed=3)
         def test_marker_seed(simulated_dispatcher):
             ran = []
@@ -111,7 +129,7 @@ def test_the_fixtures_pass_a_test_that_waits_for_its_jobs(tester: pytest.Pyteste
     (example,) = re.findall(r"^```python\n(.*?)^```", fixtures, flags=re.MULTILINE | re.DOTALL)
     tester.makepyfile(test_page_example=example)
     result = tester.runpytest()
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
 
 
 FAILING = """

@@ -488,6 +488,62 @@ def test_a_submit_inside_a_job_that_no_job_can_make_room_for_times_out() -> None
     assert sim.clock == 7  # the wait took its submit_timeout
 
 
+class StopChoosing(BaseException):
+    """What Hypothesis raises from a draw to end a test case."""
+
+
+def test_a_chooser_error_inside_a_waiting_submit_reaches_the_caller() -> None:
+    # A submit that waits for room inside a job runs steps there; if the
+    # chooser raises (Hypothesis ends a test case so), the jobs on the stack
+    # fail with its error and the caller of run_until_idle() gets it.
+    calls = 0
+
+    def stops_on_the_third_choice(jobs: Sequence[SimulatedJob]) -> SimulatedJob:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise StopChoosing
+        return jobs[0]
+
+    sim = SimulatedDispatcher(stops_on_the_third_choice, max_shards=3)
+    reached: list[str] = []
+
+    def outer() -> None:
+        futures.append(sim.submit("b", inner))
+        sim.submit("z", print)  # the third shard
+        try:
+            sim.submit("c", print)  # no room: a step runs inner here
+        except Exception:  # noqa: BLE001 - what a handler may do; it must not swallow the stop
+            reached.append("outer swallowed it")
+        reached.append("outer ended")
+
+    def inner() -> None:
+        sim.submit("d", print)  # no room again: the third choice raises
+        reached.append("inner ended")
+
+    futures = [sim.submit("a", outer)]
+    with pytest.raises(StopChoosing):
+        sim.run_until_idle()
+    assert reached == []
+    assert [type(future.exception(0)) for future in futures] == [StopChoosing, StopChoosing]
+    assert calls == 3
+
+
+def test_a_submit_that_would_wait_for_ever_raises_instead() -> None:
+    sim = SimulatedDispatcher(max_shards=1, submit_timeout=math.inf)
+    errors: list[BaseException] = []
+
+    def holds_the_only_shard() -> None:
+        with pytest.raises(ShardsExhausted) as caught:
+            sim.submit("b", print)
+        errors.append(caught.value)
+
+    sim.submit("a", holds_the_only_shard)
+    sim.run_until_idle()
+    assert len(errors) == 1
+    assert sim.clock == 0  # the real submit would wait for ever; this one says so at once
+
+
 def test_an_expired_job_can_make_room_for_a_waiting_submit() -> None:
     sim = SimulatedDispatcher(max_pending=1, start_timeout=2, submit_timeout=5)
     results: list[Future[Any]] = []
