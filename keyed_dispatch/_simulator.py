@@ -131,6 +131,13 @@ class _ChooserFailed(BaseException):
         self.error = error
 
 
+def _index_of(chosen: SimulatedJob, offered: list[SimulatedJob]) -> int:
+    for index, job in enumerate(offered):
+        if job is chosen:
+            return index
+    raise ValueError(f"the chooser returned {chosen!r}, not one of the jobs it was offered")
+
+
 def _seeded(seed: int) -> Chooser:
     rnd = random.Random(seed)  # noqa: S311 - picks schedules, not secrets
 
@@ -381,15 +388,11 @@ class SimulatedDispatcher(Runner):
         if chooser is None:
             return 0
         try:
-            chosen = chooser(tuple(infos))
+            return _index_of(chooser(tuple(infos)), infos)
         except BaseException as exc:
             if self._depth:
                 raise _ChooserFailed(exc) from exc
             raise
-        for index, info in enumerate(infos):
-            if info is chosen:
-                return index
-        raise ValueError(f"the chooser returned {chosen!r}, not one of the jobs it was offered")
 
     def _start(self, job: Job) -> None:
         future = job.future
