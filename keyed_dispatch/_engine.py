@@ -412,6 +412,32 @@ class Engine:
                 return True
         return False
 
+    def runnable_jobs(self) -> list[Job]:
+        """The jobs ``take`` may start now, in the order it would take them (O(n log n)).
+
+        For a runner that chooses which runnable job goes next (the
+        simulator of ``keyed_dispatch.testing``); see ``take_job``.
+        """
+        return sorted(job for _, job in self._ready if job.state == QUEUED)
+
+    def take_job(self, job: Job, now: float) -> Job:
+        """Mark ``job``, one of ``runnable_jobs()``, running: ``take`` for a chosen job (O(n)).
+
+        As with ``take``, ``error`` is set when the job must fail instead
+        of running.
+
+        Raises:
+            ValueError: ``job`` is not runnable now.
+        """
+        if job.state != QUEUED:
+            raise ValueError("the job is not runnable")
+        try:
+            self._ready.remove((job.seq, job))
+        except ValueError:
+            raise ValueError("the job is not runnable") from None
+        heapq.heapify(self._ready)
+        return self._start(job, now)
+
     def _start(self, job: Job, now: float) -> Job:
         job.state = RUNNING
         attempt = job.attempt = job.attempt + 1
