@@ -85,6 +85,26 @@ class KeyedFuture(Future[_T]):
     _kd_job: Job | None = None
     _kd_owner: KeyedDispatcher | None = None
 
+    def result(self, timeout: float | None = None) -> _T:
+        """As ``Future.result``; raises RuntimeError where the wait can only deadlock.
+
+        A job that waits for a later job of one of its own keys waits for
+        ever (that job starts after this one ends), as a ``ThreadPoolExecutor``
+        job waiting on a job queued behind it in a one-thread pool would.
+        That case is detected and refused at once.
+        """
+        owner = self._kd_owner
+        if owner is not None:
+            owner._check_wait(self._kd_job)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``, with the deadlock check of :meth:`result`."""
+        owner = self._kd_owner
+        if owner is not None:
+            owner._check_wait(self._kd_job)
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         if not super().cancel():
             owner = self._kd_owner
@@ -1020,6 +1040,20 @@ class KeyedDispatcher(Runner):
                 thread.join()
         if timer is not None and timer is not current:
             timer.join()
+
+    def _check_wait(self, job: Job | None) -> None:
+        # A wait for ``job``'s future from the calling thread: refuse it if
+        # the thread holds a key of ``job``, which cannot start before the
+        # holder ends (see KeyedFuture.result).
+        held = self._held_keys()
+        if held is None or job is None or job.state not in (QUEUED, BACKOFF):
+            return
+        shared = set(held).intersection(job.keys)
+        if shared:
+            raise RuntimeError(
+                f"waiting here for a later job of key {KeysText(tuple(shared))} would deadlock: that job "
+                "starts only after the job (or exclusive block) holding the key ends"
+            )
 
     def _held_keys(self) -> tuple[Hashable, ...] | None:
         # The keys the calling thread holds in this dispatcher, or None: in
