@@ -274,7 +274,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args(argv)
-    logging.basicConfig(format="%(name)s: %(levelname)s: %(message)s")
     uvicorn.run(create_app(), host=args.host, port=args.port)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +22,25 @@ import pytest
 
 DEADLINE = 60.0
 DOCUMENTED_ADDRESS = "localhost:8000"
+
+
+def fenced_blocks(path: Path, language: str = r"\w*") -> list[str]:
+    """The fenced code blocks of a Markdown file (of one language), in order."""
+    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def block_containing(path: Path, needle: str) -> str:
+    """The one fenced block of ``path`` that contains ``needle``."""
+    blocks = [block for block in fenced_blocks(path) if needle in block]
+    assert len(blocks) == 1, f"{path.name}: {len(blocks)} blocks contain {needle!r}"
+    return blocks[0]
+
+
+def line_starting(text: str, prefix: str) -> str:
+    """The one line of ``text`` that starts with ``prefix``."""
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, f"{len(lines)} lines start with {prefix!r}"
+    return lines[0]
 
 
 def shell_env() -> dict[str, str]:
@@ -44,9 +64,24 @@ def _bash(script: str, env: dict[str, str]) -> list[str]:
 
 
 def commands(block: str) -> list[str]:
-    """The block's commands, one per item, continuation lines joined."""
-    joined = re.sub(r"\\\n\s*", " ", block)
-    return [line.strip() for line in joined.splitlines() if line.strip()]
+    """The block's commands, one per item: continuation lines joined, quoted newlines kept."""
+    found: list[str] = []
+    pending = ""
+    for line in block.splitlines():
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        pending += line
+        try:
+            shlex.split(pending)
+        except ValueError:  # a quote still open: the command goes on
+            pending += "\n"
+            continue
+        if pending.strip():
+            found.append(pending.strip())
+        pending = ""
+    assert not pending, f"an unterminated command: {pending!r}"
+    return found
 
 
 def exports(block: str) -> dict[str, str]:
