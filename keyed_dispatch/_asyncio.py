@@ -922,7 +922,7 @@ class AsyncKeyedDispatcher(Runner):
         job = self._holders.get(task) if task is not None else None
         if job is None:
             return None
-        return JobContext(f"{self._repr_name()}-{int(job.seq)}", job.keys, job.attempt)
+        return JobContext(f"{self._repr_name()}-{job.seq}", job.keys, job.attempt)
 
     def _repr_name(self) -> str:
         return f"async-{os.getpid()}-{id(self):x}"

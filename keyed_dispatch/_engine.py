@@ -201,9 +201,10 @@ class Job:
         self.kwargs = kwargs
         self.future = future
         self.state = QUEUED
-        # Admission sequence; also the job's place in ``ready``. A job that
-        # yields its place (a hot key's, see HOT_BATCH) gets a new one.
-        self.seq: float = 0
+        # Admission sequence, unique per engine: the job's place in
+        # ``ready`` (a job that yields its turn, a hot key's, see HOT_BATCH,
+        # is pushed with a later place) and its number in job ids.
+        self.seq = 0
         self.blockers = 0
         # Jobs of this job's key that ran in a row ahead of waiting jobs,
         # this one excluded (single-key chains only; see HOT_BATCH).
@@ -252,7 +253,8 @@ class Engine:
         # A key's shard: the job itself while it is the key's only one (no
         # deque for the common case: a deque costs ~600 bytes), else a deque.
         self._shards: dict[Hashable, Job | deque[Job]] = {}
-        # (seq, job) entries: tuples compare in C, cheaper than Job.__lt__.
+        # (place, job) entries, place = the seq but for a yielded turn (see
+        # _advance): tuples compare in C, cheaper than Job.__lt__.
         self._ready: list[tuple[float, Job]] = []
         # Runnable exclusive blocks (fn is None) wait here instead of in
         # ``ready``: they run in their caller's thread, so they must not
@@ -418,7 +420,7 @@ class Engine:
         For a runner that chooses which runnable job goes next (the
         simulator of ``keyed_dispatch.testing``); see ``take_job``.
         """
-        return sorted(job for _, job in self._ready if job.state == QUEUED)
+        return [job for _, job in sorted(self._ready) if job.state == QUEUED]
 
     def take_job(self, job: Job, now: float) -> Job:
         """Mark ``job``, one of ``runnable_jobs()``, running: ``take`` for a chosen job (O(n)).
@@ -429,13 +431,12 @@ class Engine:
         Raises:
             ValueError: ``job`` is not runnable now.
         """
-        if job.state != QUEUED:
+        ready = self._ready
+        entry = next((entry for entry in ready if entry[1] is job), None) if job.state == QUEUED else None
+        if entry is None:
             raise ValueError("the job is not runnable")
-        try:
-            self._ready.remove((job.seq, job))
-        except ValueError:
-            raise ValueError("the job is not runnable") from None
-        heapq.heapify(self._ready)
+        ready.remove(entry)
+        heapq.heapify(ready)
         return self._start(job, now)
 
     def _start(self, job: Job, now: float) -> Job:
@@ -650,15 +651,17 @@ class Engine:
                 ready = self._ready
                 while ready and ready[0][1].state != QUEUED:
                     heapq.heappop(ready)  # killed while runnable
-                if not ready or head.seq > ready[0][0]:
+                place: float = head.seq
+                if not ready or place > ready[0][0]:
                     head.streak = 0  # nothing waits, or it queues behind
                 elif streak >= HOT_BATCH:
-                    # Its batch is used up: the oldest waiting job goes first.
-                    head.seq = ready[0][0] + 0.5
+                    # Its batch is used up: the oldest waiting job goes first
+                    # (its place in ``ready`` changes, not its seq).
+                    place = ready[0][0] + 0.5
                     head.streak = 0
                 else:
                     head.streak = streak
-                heapq.heappush(ready, (head.seq, head))
+                heapq.heappush(ready, (place, head))
             return
         # Only dead jobs were left: the key is idle.
         try:

@@ -1017,7 +1017,7 @@ class KeyedDispatcher(Runner):
         job = None if worker is None else worker.running
         if job is None:
             return None
-        return JobContext(f"{self._name}-{os.getpid()}-{int(job.seq)}", job.keys, job.attempt)
+        return JobContext(f"{self._name}-{os.getpid()}-{job.seq}", job.keys, job.attempt)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop admitting jobs; optionally cancel the queued ones; drain.
