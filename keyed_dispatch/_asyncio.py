@@ -34,9 +34,9 @@ from concurrent.futures import Future as ConcurrentFuture
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import Context, copy_context
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig, check_timeout
+from ._config import check_timeout
 from ._engine import (
     BACKOFF,
     CANCELLED,
@@ -52,8 +52,11 @@ from ._engine import (
 )
 from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, normalize_keys
-from ._policies import _UNSET, DeadLetter, JobContext, JobOptions, Retry
-from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
+from ._policies import _UNSET, JobContext, JobOptions, Retry
+from ._runner import Runner, RunnerSettings, StartDeadlines, log_start, many_keys, one_key
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["DEFAULT_MAX_CONCURRENCY", "AsyncKeyedDispatcher", "AsyncKeyedOptions"]
 
@@ -163,29 +166,16 @@ class AsyncKeyedDispatcher(Runner):
         TypeError: a setting has the wrong type.
     """
 
-    def __init__(
-        self,
-        max_concurrency: int | None = None,
-        *,
-        max_shards: int | None = None,
-        submit_timeout: float | None = None,
-        start_timeout: float | None = None,
-        max_pending: int | None = None,
-        wait_warning: float | None = None,
-        halt_on_error: bool = False,
-        retry: Retry | None = None,
-        dead_letter: Callable[[DeadLetter], object] | None = None,
-        name: str = "keyed-dispatch",
-        metrics: bool = False,
-        config: DispatcherConfig | None = None,
-    ) -> None:
-        if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
+    def __init__(self, max_concurrency: int | None = None, **settings: Unpack[RunnerSettings]) -> None:
+        if (
+            settings.get("config") is None
+            and max_concurrency is None
+            and not os.environ.get(_MAX_WORKERS_VAR, "").strip()
+        ):
             max_concurrency = DEFAULT_MAX_CONCURRENCY
-        settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
-        super().__init__(config, halt_on_error, *settings, retry, dead_letter, metrics=metrics)
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        self._name = name
+        super().__init__(max_concurrency, **settings)
+
+    def _setup(self) -> None:
         config = self._config
         # Read on every job: kept as attributes (the config is frozen).
         self._max = config.max_workers
@@ -193,7 +183,7 @@ class AsyncKeyedDispatcher(Runner):
         self._max_pending = config.max_pending
         self._start_timeout = config.start_timeout
         self._wait_warning = config.wait_warning
-        self._engine = Engine(halt_on_error=halt_on_error, metrics=metrics)
+        self._engine = Engine(halt_on_error=self._halt_on_error, metrics=self._metrics)
         # Bound on first use (_bind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -894,16 +884,6 @@ class AsyncKeyedDispatcher(Runner):
 
     def _poke(self) -> None:
         self._after_retire()
-
-    def _cancel_jobs(self, jobs: list[Job]) -> int:
-        # A submit* job's future is cancelled (_on_cancel retires it); the
-        # task waiting for a run* job or block sees its wait cancelled.
-        cancelled = 0
-        for job in jobs:
-            future = job.future
-            if future is not None and future.cancel():
-                cancelled += 1
-        return cancelled
 
     def options(
         self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, TypedDict
 
 from ._config import DispatcherConfig, resolve_config
 from ._engine import QUEUED, Engine, Job
@@ -23,7 +23,16 @@ from ._keys import KeysText, check_hashable, key_str, normalize_keys
 from ._policies import DeadLetter, JobOptions, Retry
 from ._stats import DispatcherStats, KeyInfo
 
-__all__ = ["Runner", "StartDeadlines", "check_callable", "job_fields", "log_start", "many_keys", "one_key"]
+__all__ = [
+    "Runner",
+    "RunnerSettings",
+    "StartDeadlines",
+    "check_callable",
+    "job_fields",
+    "log_start",
+    "many_keys",
+    "one_key",
+]
 
 logger = logging.getLogger("keyed_dispatch")
 _DEBUG = logging.DEBUG
@@ -162,6 +171,22 @@ def _unstarted(job: Job) -> bool:
     return job.state == QUEUED and not job.attempt
 
 
+class RunnerSettings(TypedDict, total=False):
+    """The keyword settings every runner's constructor takes (see ``Runner.__init__``)."""
+
+    max_shards: int | None
+    submit_timeout: float | None
+    start_timeout: float | None
+    max_pending: int | None
+    wait_warning: float | None
+    halt_on_error: bool
+    retry: Retry | None
+    dead_letter: Callable[[DeadLetter], object] | None
+    name: str
+    metrics: bool
+    config: DispatcherConfig | None
+
+
 class Runner:
     """The part of a dispatcher that does not depend on how its jobs run.
 
@@ -173,23 +198,25 @@ class Runner:
     _engine: Engine
     _name: str
 
-    def __init__(  # noqa: PLR0917 - the settings come in their signature's order, from the subclasses only
+    def __init__(
         self,
-        config: DispatcherConfig | None,
-        halt_on_error: bool,
-        max_workers: int | None,
-        max_shards: int | None,
-        submit_timeout: float | None,
-        start_timeout: float | None,
-        max_pending: int | None,
-        wait_warning: float | None,
+        max_workers: int | None = None,
+        *,
+        max_shards: int | None = None,
+        submit_timeout: float | None = None,
+        start_timeout: float | None = None,
+        max_pending: int | None = None,
+        wait_warning: float | None = None,
+        halt_on_error: bool = False,
         retry: Retry | None = None,
         dead_letter: Callable[[DeadLetter], object] | None = None,
-        *,
+        name: str = "keyed-dispatch",
         metrics: bool = False,
+        config: DispatcherConfig | None = None,
     ) -> None:
-        # The constructors' settings, in one place: arguments left as None
-        # keep the value of ``config`` (or of the environment).
+        # The constructors' settings, in one place (the asyncio runner takes
+        # them as RunnerSettings): arguments left as None keep the value of
+        # ``config``, or of the environment. Ends with the runner's _setup().
         self._config = resolve_config(
             config,
             max_workers=max_workers,
@@ -199,19 +226,26 @@ class Runner:
             max_pending=max_pending,
             wait_warning=wait_warning,
         )
-        if not isinstance(halt_on_error, bool):
-            raise TypeError(f"halt_on_error must be a bool, got {type(halt_on_error).__name__}")
+        for flag, value in (("halt_on_error", halt_on_error), ("metrics", metrics)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be a bool, got {type(value).__name__}")
         if retry is not None and not isinstance(retry, Retry):
             raise TypeError(f"retry must be a Retry or None, got {type(retry).__name__}")
         if dead_letter is not None and not callable(dead_letter):
             raise TypeError(f"dead_letter must be callable or None, got {type(dead_letter).__name__}")
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
         self._halt_on_error = halt_on_error
         self._retry = retry
         self._dead_letter = dead_letter
-        if not isinstance(metrics, bool):
-            raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
         self._metrics = metrics
+        self._name = name
         self._closed = False
+        self._setup()
+
+    def _setup(self) -> None:
+        # The runner's own state, once the settings are known.
+        raise NotImplementedError
 
     @property
     def config(self) -> DispatcherConfig:
@@ -247,7 +281,14 @@ class Runner:
 
     def _cancel_jobs(self, jobs: list[Job]) -> int:
         # Cancel these not-running jobs (outside _guard()); how many were.
-        raise NotImplementedError
+        # Each runner's future retires its job on cancel; an asyncio task
+        # waiting for a run* job or block sees its wait cancelled.
+        cancelled = 0
+        for job in jobs:
+            future = job.future
+            if future is not None and future.cancel():
+                cancelled += 1
+        return cancelled
 
     # -- retries ---------------------------------------------------------------
 

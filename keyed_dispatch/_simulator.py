@@ -214,18 +214,20 @@ class SimulatedDispatcher(Runner):
             raise TypeError("pass a chooser or a seed, not both")
         if chooser is not None and not callable(chooser):
             raise TypeError(f"chooser must be callable, got {type(chooser).__name__}")
-        super().__init__(
-            config if config is not None else DispatcherConfig(),
-            halt_on_error,
-            None,
-            max_shards,
-            submit_timeout,
-            start_timeout,
-            max_pending,
-            wait_warning,
-        )
         self._chooser = _seeded(seed) if seed is not None else chooser
-        self._engine = Engine(halt_on_error=halt_on_error)
+        super().__init__(
+            None,
+            max_shards=max_shards,
+            submit_timeout=submit_timeout,
+            start_timeout=start_timeout,
+            max_pending=max_pending,
+            wait_warning=wait_warning,
+            halt_on_error=halt_on_error,
+            config=config if config is not None else DispatcherConfig(),
+        )
+
+    def _setup(self) -> None:
+        self._engine = Engine(halt_on_error=self._halt_on_error)
         self._clock = 0.0
         self._deadlines = StartDeadlines()
         self._numbers = itertools.count(1)
@@ -544,9 +546,6 @@ class SimulatedDispatcher(Runner):
     def _poke(self) -> None:
         # Nothing starts here: a job runs only when a step chooses it.
         return
-
-    def _cancel_jobs(self, jobs: list[Job]) -> int:
-        return sum(1 for job in jobs if job.future is not None and job.future.cancel())
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop admitting jobs; optionally cancel the queued ones; with ``wait``, run the rest.

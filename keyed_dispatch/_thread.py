@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._config import DispatcherConfig, check_timeout, wait_seconds
+from ._config import check_timeout, wait_seconds
 from ._engine import (
     BACKOFF,
     CANCELLED,
@@ -30,7 +30,7 @@ from ._engine import (
 )
 from ._errors import DispatcherClosed, StartTimeout
 from ._keys import KeysText, check_hashable, normalize_keys
-from ._policies import _UNSET, DeadLetter, JobContext, JobOptions, Retry
+from ._policies import _UNSET, JobContext, JobOptions, Retry
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
 
 if TYPE_CHECKING:
@@ -203,38 +203,9 @@ class KeyedDispatcher(Runner):
         TypeError: a setting has the wrong type.
     """
 
-    def __init__(
-        self,
-        max_workers: int | None = None,
-        *,
-        max_shards: int | None = None,
-        submit_timeout: float | None = None,
-        start_timeout: float | None = None,
-        max_pending: int | None = None,
-        wait_warning: float | None = None,
-        halt_on_error: bool = False,
-        retry: Retry | None = None,
-        dead_letter: Callable[[DeadLetter], object] | None = None,
-        name: str = "keyed-dispatch",
-        metrics: bool = False,
-        config: DispatcherConfig | None = None,
-    ) -> None:
-        super().__init__(
-            config,
-            halt_on_error,
-            max_workers,
-            max_shards,
-            submit_timeout,
-            start_timeout,
-            max_pending,
-            wait_warning,
-            retry,
-            dead_letter,
-            metrics=metrics,
-        )
-        if not isinstance(name, str):
-            raise TypeError(f"name must be a str, got {type(name).__name__}")
-        self._name = name
+    # __init__ is Runner's: the settings are the same for every runner.
+
+    def _setup(self) -> None:
         self._local = threading.local()
         self._init_state()
         _live_dispatchers.add(self)
@@ -983,14 +954,6 @@ class KeyedDispatcher(Runner):
             spawn = self._after_retire_locked()
         if spawn:
             self._spawn(spawn)
-
-    def _cancel_jobs(self, jobs: list[Job]) -> int:
-        cancelled = 0
-        for job in jobs:
-            future = job.future
-            if future is not None and future.cancel():
-                cancelled += 1
-        return cancelled
 
     def _cancel_retry(self, job: Job, future: KeyedFuture[Any]) -> bool:
         # KeyedFuture.cancel of a job between two attempts (in its backoff,
