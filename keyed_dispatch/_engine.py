@@ -312,7 +312,8 @@ class Engine:
         # before every key has its place.
         blockers = 0
         shards = self._shards
-        placed = 0
+        # (key, what its shard was before): how to take the job back out.
+        undo: list[tuple[Hashable, Job | deque[Job] | None]] = []
         try:
             for key in job.keys:
                 shard = shards.get(key)
@@ -324,14 +325,9 @@ class Engine:
                     else:
                         shards[key] = deque((shard, job))
                     blockers += 1
-                placed += 1
+                undo.append((key, shard))
         except BaseException:
-            for key in job.keys[:placed]:
-                shard = shards[key]
-                if shard is job:
-                    del shards[key]
-                else:
-                    shard.pop()  # type: ignore[union-attr]  # a deque ending with ``job``
+            self._unplace(job, undo)
             raise
         job.seq = seq = self._next_seq
         self._next_seq = seq + 1
@@ -339,6 +335,37 @@ class Engine:
         job.blockers = blockers
         self._submitted += 1
         return blockers
+
+    def _unplace(self, job: Job, undo: list[tuple[Hashable, Job | deque[Job] | None]]) -> None:
+        # Take ``job`` back out of the shards _place put it in, after a key
+        # lookup raised. It is the last job of each of them.
+        shards = self._shards
+        lost = False
+        for key, before in reversed(undo):
+            if isinstance(before, deque):
+                before.pop()
+                continue
+            try:
+                if before is None:
+                    del shards[key]
+                else:
+                    shards[key] = before
+            except Exception:  # noqa: BLE001 - a key whose hash or __eq__ misbehaves: see below
+                lost = True
+        if lost:
+            # Some key is not found by its hash any more: re-file the table
+            # and drop the job from it by identity (see _refile).
+            repaired: dict[Hashable, Any] = {}
+            for stored, shard in _refiled(shards).items():
+                if shard is job:
+                    continue
+                kept: Job | deque[Job] = shard
+                if isinstance(shard, deque) and shard[-1] is job:
+                    shard.pop()
+                    if len(shard) == 1 and any(before is shard[0] for _, before in undo):
+                        kept = shard[0]  # the lone job it was before
+                repaired[stored] = kept
+            self._shards = repaired
 
     def _pop_head(self, key: Hashable, job: Job) -> deque[Job] | None:
         # Remove ``job``, the head of ``key``'s shard; return the rest, or
