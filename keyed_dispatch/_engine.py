@@ -692,8 +692,12 @@ class Engine:
             return
         # Only dead jobs were left: the key is idle.
         try:
+            found = self._shards.get(key)
+        except Exception:  # noqa: BLE001 - a user's __eq__ or __hash__; handled as not found
+            found = None
+        if found is shard:
             del self._shards[key]
-        except KeyError:
+        else:
             # Its hash changed (see _refile): drop the shard by identity.
             refiled = _refiled(self._shards)
             self._shards = {stored: other for stored, other in refiled.items() if other is not shard}

@@ -79,8 +79,8 @@ def test_every_admitted_job_resolves_once_and_raising_calls_leave_no_trace(
     kind: str, data: st.DataObject, workers: int, halt: bool
 ) -> None:
     live = Colliding()  # a live key every RaisingEq collides with
-    mutables = [Mutable(i) for i in range(2)]
-    key_pool: list[Any] = ["a", "b", live, Unprintable(), *mutables]
+    mutable = Mutable(0)
+    key_pool: list[Any] = ["a", "b", live, Unprintable(), mutable, Mutable(1)]
     plan = data.draw(
         st.lists(
             st.tuples(
@@ -105,8 +105,11 @@ def test_every_admitted_job_resolves_once_and_raising_calls_leave_no_trace(
             except ArithmeticError:
                 refused += 1
                 assert r.stats().submitted == before, "a refused submit was counted"
-            if data.draw(st.booleans(), label="mutate a key"):
-                mutables[0].value += 10
+            if mutable in key_pool and data.draw(st.booleans(), label="mutate a key"):
+                # Once, and the key is not submitted again: a second entry
+                # for one object under two hashes is beyond what we repair.
+                mutable.value += 10
+                key_pool[key_pool.index(mutable)] = Mutable(-1)
         for key in key_pool:
             r.resume(key)
         _, not_done = concurrent.futures.wait(admitted, timeout=WAIT)
