@@ -128,3 +128,31 @@ def scripted(plan: list[str], *, events_dsn: str, events_schema: str) -> dict[st
     if step == "fail":
         raise ConnectionError(f"job {job.job_id} attempt {job.attempt}")
     return {"attempt": job.attempt, "pid": os.getpid()}
+
+
+# The in-process record of ``logged`` jobs: (sequence, phase, job id, attempt).
+ledger_lock = threading.Lock()
+ledger: list[tuple[int, str, int, int]] = []  # guarded by ledger_lock
+live: dict[str, int] = {}  # key text -> the job running on it; guarded by ledger_lock
+overlaps: list[str] = []  # guarded by ledger_lock
+
+
+@job_function
+def logged(failures: int) -> int:
+    """Record a start and an end in ``ledger``; fail the first ``failures`` attempts (ConnectionError)."""
+    job = current_job()
+    keys = [key_text(key) for key in job.keys]
+    with ledger_lock:
+        for key in keys:
+            if key in live:
+                overlaps.append(f"job {job.job_id} started on {key} while job {live[key]} runs")
+            live[key] = job.job_id
+        ledger.append((len(ledger), "start", job.job_id, job.attempt))
+    with ledger_lock:
+        for key in keys:
+            if live.get(key) == job.job_id:
+                del live[key]
+        ledger.append((len(ledger), "end", job.job_id, job.attempt))
+    if job.attempt <= failures:
+        raise ConnectionError(f"job {job.job_id} attempt {job.attempt}")
+    return job.attempt

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -214,6 +215,8 @@ def test_a_job_waiting_for_its_retry_holds_its_keys_and_can_be_cancelled(
         assert (stats.in_backoff, stats.queued, stats.running) == (1, 2, 0)
         assert not later.done()
         assert waiting.cancel()
+        # Notified as a pool's worker would: wait() counts it done.
+        assert concurrent.futures.wait([waiting], timeout=0).done == {waiting}
         with pytest.raises(CancelledError):
             waiting.result(1)
         assert later.result(20) == {"args": ["later"], "kwargs": {}}
