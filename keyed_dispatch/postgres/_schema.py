@@ -27,6 +27,17 @@ holds whatever the workers do and however many there are:
   stay), so they run again before any later job of those keys. A start
   deadline applies to the first start only (``claim()`` clears it), so such
   a job runs again rather than expiring.
+* Retries. ``fail()`` records a failed attempt: when the job's retry
+  policy (stored with it) retries the error, the job goes back to
+  ``queued`` with a ``not_before`` time and keeps its ``job_keys`` rows, so
+  it still heads its keys; ``claim()`` skips it until then. Otherwise the
+  job fails and, having a policy, leaves a row in ``dead_letters``.
+* Supersede and pauses. ``submit()`` retires the superseded jobs under the
+  key locks it holds (their keys are a subset of its own). ``claim()``
+  skips jobs on a key in ``paused_keys`` and checks again with a new
+  snapshot after locking its picks; ``pause()`` takes the key's lock and
+  then waits for claims holding the key's queued jobs, so once it returns
+  no claim can start one.
 * Rights. The functions run with their owner's rights (SECURITY DEFINER,
   with a fixed ``search_path``) and EXECUTE is revoked from PUBLIC: a role
   needs EXECUTE on the functions it calls, and no right on the tables to
