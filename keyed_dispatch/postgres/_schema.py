@@ -744,7 +744,7 @@ END $$;
 CREATE FUNCTION {s}.key_info(p_key text, p_limit integer)
 RETURNS TABLE (key text, pending integer, running boolean, oldest_wait double precision,
                paused boolean, in_backoff boolean)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 -- One key (p_key), or every live key (p_key NULL: with unfinished jobs, or
 -- paused), deepest first. Pending: queued and not waiting for a retry.
 DECLARE

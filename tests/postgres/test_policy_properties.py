@@ -110,6 +110,7 @@ def test_policies_keep_order_exclusion_and_resolve_every_future_across_workers(
         assert not not_done, f"{len(not_done)} futures never resolved"
         infos = [d.key_info(prefix + key) for key in KEYS]
         letters = {letter.job_id for letter in d.dead_letters()}
+        stats = d.stats()
     assert not violations, violations
 
     ids = [job.future.job_id for job in jobs]
@@ -166,3 +167,13 @@ def test_policies_keep_order_exclusion_and_resolve_every_future_across_workers(
     assert sum(
         state in ("completed", "failed", "cancelled", "superseded") for state in states.values()
     ) == len(jobs)
+    # The examples run one after another, each drained: the whole queue is idle.
+    assert (stats.queued, stats.running, stats.in_backoff, stats.paused_keys, stats.awaiting) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    [(total,)] = sql(pg_dsn, f"SELECT count(*) FROM {pg_schema}.jobs")
+    assert stats.completed + stats.failed + stats.cancelled + stats.superseded + stats.expired == total
