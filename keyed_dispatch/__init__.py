@@ -20,6 +20,7 @@ from ._errors import (
     SubmitTimeout,
     Superseded,
 )
+from ._histogram import HistogramSnapshot
 from ._keys import WebhookKey, webhook_key
 from ._policies import DeadLetter, JobContext, Retry
 from ._stats import DispatcherStats, KeyInfo
@@ -36,6 +37,7 @@ __all__ = [
     "DispatcherClosed",
     "DispatcherConfig",
     "DispatcherStats",
+    "HistogramSnapshot",
     "JobContext",
     "KeyExecutor",
     "KeyHalted",

@@ -154,6 +154,9 @@ class AsyncKeyedDispatcher(Runner):
 
     Args:
         max_concurrency: coroutine jobs running at once, at most.
+        name: the ``dispatcher`` label of its metrics.
+        metrics: record the wait and run histograms of :meth:`stats`, as
+            for :class:`KeyedDispatcher`.
 
     Raises:
         ValueError: a setting is out of range (ConfigError).
@@ -172,12 +175,17 @@ class AsyncKeyedDispatcher(Runner):
         halt_on_error: bool = False,
         retry: Retry | None = None,
         dead_letter: Callable[[DeadLetter], object] | None = None,
+        name: str = "keyed-dispatch",
+        metrics: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
         if config is None and max_concurrency is None and not os.environ.get(_MAX_WORKERS_VAR, "").strip():
             max_concurrency = DEFAULT_MAX_CONCURRENCY
         settings = (max_concurrency, max_shards, submit_timeout, start_timeout, max_pending, wait_warning)
-        super().__init__(config, halt_on_error, *settings, retry, dead_letter)
+        super().__init__(config, halt_on_error, *settings, retry, dead_letter, metrics=metrics)
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, got {type(name).__name__}")
+        self._name = name
         config = self._config
         # Read on every job: kept as attributes (the config is frozen).
         self._max = config.max_workers
@@ -185,7 +193,7 @@ class AsyncKeyedDispatcher(Runner):
         self._max_pending = config.max_pending
         self._start_timeout = config.start_timeout
         self._wait_warning = config.wait_warning
-        self._engine = Engine(halt_on_error=halt_on_error)
+        self._engine = Engine(halt_on_error=halt_on_error, metrics=metrics)
         # Bound on first use (_bind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
@@ -397,11 +405,13 @@ class AsyncKeyedDispatcher(Runner):
             engine.release(job, FAILED)
             self._after_retire()
             raise job.error
-        log_start(keys, job.waited, self._wait_warning)
+        log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
             holders[task] = job
         retriable = options is not None or self._retry is not None
         while True:
+            if engine.timings is not None:
+                job.started = self._time()
             try:
                 result = await fn(*args, **kwargs)
             except CancelledError:
@@ -417,7 +427,7 @@ class AsyncKeyedDispatcher(Runner):
                 # Retried: wait for the turn again, holding no slot.
                 self._backoff(task, job, exc, delay)
                 await self._await_turn(job, loop)
-                log_start(keys, job.waited, self._wait_warning)
+                log_start(keys, job.waited, self._wait_warning, job.seq)
                 if task is not None:
                     holders[task] = job
                 continue
@@ -426,6 +436,8 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None:
             del holders[task]
         self._active -= 1
+        if job.started is not None:
+            self._ran(job)
         engine.release(job, COMPLETED)
         if self._room_waiters or self._closed or engine.has_runnable():
             self._after_retire()
@@ -623,8 +635,10 @@ class AsyncKeyedDispatcher(Runner):
             retriable = job.options is not None or self._retry is not None
             if not retriable:
                 job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
-            log_start(job.keys, job.waited, self._wait_warning)
+            log_start(job.keys, job.waited, self._wait_warning, job.seq)
             self._holders[task] = job
+            if self._engine.timings is not None:
+                job.started = self._time()
             try:
                 result = await fn(*args, **kwargs)  # type: ignore[misc]
             except CancelledError:
@@ -656,8 +670,11 @@ class AsyncKeyedDispatcher(Runner):
                 if not future.done():
                     future.set_exception(exc)
                 self._finish(task, job, FAILED, exc)
-                if not isinstance(exc, Exception):
-                    raise  # KeyboardInterrupt, SystemExit: as asyncio tasks do
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    # As asyncio tasks do: these stop the loop. Any other
+                    # exception is the future's alone; re-raised, it would
+                    # also fail the task, which nobody awaits.
+                    raise
             else:
                 if not future.done():
                     future.set_result(result)
@@ -675,6 +692,8 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None:
             self._holders.pop(task, None)
         self._active -= 1
+        if job.started is not None:
+            self._ran(job)
         self._engine.backoff(job)
         loop = self._loop
         assert loop is not None
@@ -694,6 +713,8 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None:
             self._holders.pop(task, None)
         self._active -= 1
+        if job.started is not None:
+            self._ran(job)
         engine = self._engine
         engine.release(job, outcome, error)
         if engine.has_runnable():
@@ -702,6 +723,15 @@ class AsyncKeyedDispatcher(Runner):
             self._wake_room()
         if self._closed and engine.idle():
             self._drained()
+
+    def _ran(self, job: Job) -> None:
+        # metrics=True: record the run time of the attempt (or block) that
+        # just ended.
+        timings = self._engine.timings
+        assert timings is not None
+        assert job.started is not None
+        timings.run.add(self._time() - job.started)
+        job.started = None
 
     def _after_retire(self) -> None:
         # A job left the queues without a slot changing hands.
@@ -823,9 +853,11 @@ class AsyncKeyedDispatcher(Runner):
             finally:
                 if timer is not None:
                     timer.cancel()
-        log_start(keys, job.waited, self._wait_warning)
+        log_start(keys, job.waited, self._wait_warning, job.seq)
         if task is not None:
             holders[task] = job
+        if self._engine.timings is not None:
+            job.started = self._time()
         return job, task
 
     def _block_timed_out(self, job: Job, timeout: float) -> None:
@@ -842,6 +874,8 @@ class AsyncKeyedDispatcher(Runner):
     def _exit_block(self, job: Job, task: Any, outcome: int, error: BaseException | None) -> None:
         if task is not None:
             self._holders.pop(task, None)
+        if job.started is not None:
+            self._ran(job)
         engine = self._engine
         engine.release(job, outcome, error)
         self._after_retire()
@@ -888,7 +922,7 @@ class AsyncKeyedDispatcher(Runner):
         job = self._holders.get(task) if task is not None else None
         if job is None:
             return None
-        return JobContext(f"{self._repr_name()}-{int(job.seq)}", job.keys, job.attempt)
+        return JobContext(f"{self._repr_name()}-{job.seq}", job.keys, job.attempt)
 
     def _repr_name(self) -> str:
         return f"async-{os.getpid()}-{id(self):x}"
@@ -1001,7 +1035,7 @@ class AsyncKeyedDispatcher(Runner):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return (
-            f"<AsyncKeyedDispatcher {state} running={self._active}/{self._max} "
+            f"<AsyncKeyedDispatcher {self._name!r} {state} running={self._active}/{self._max} "
             f"shards={self._engine.live_keys()}>"
         )
 

@@ -47,12 +47,15 @@ worker behind jobs.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from ._config import DispatcherConfig
 from ._errors import KeyHalted, StartTimeout
+from ._histogram import Timings
+from ._keys import KeysText
 from ._stats import DispatcherStats
 
 __all__ = [
@@ -60,6 +63,7 @@ __all__ = [
     "COMPLETED",
     "FAILED",
     "HOT_BATCH",
+    "MAX_FAILURE_TYPES",
     "QUEUED",
     "RUNNING",
     "SUPERSEDED",
@@ -68,6 +72,8 @@ __all__ = [
     "Job",
     "outcome_of",
 ]
+
+logger = logging.getLogger("keyed_dispatch")
 
 # Job states (ints: compared on the hot path).
 QUEUED = 0  # admitted, not started; in its shards, maybe in ``ready``
@@ -87,10 +93,61 @@ CANCELLED = 2
 TIMED_OUT = 3
 SUPERSEDED = 4
 
+# Failures are counted by exception type name, for the first this many
+# names seen; later new names count under OTHER_FAILURES, so that the
+# counts stay bounded whatever the jobs raise.
+MAX_FAILURE_TYPES = 32
+OTHER_FAILURES = "<other>"
+
 
 def outcome_of(error: BaseException) -> int:
     """The outcome of a job taken with ``error`` set (see Engine.take)."""
     return TIMED_OUT if isinstance(error, StartTimeout) else FAILED
+
+
+def _key_in(key: Hashable, keys: set[Hashable] | dict[Hashable, Any]) -> bool:
+    # ``key in keys`` for the halted and paused tables, which outlive shards:
+    # there a key whose __eq__ raises can meet any later key, inside a take
+    # or a release, where an exception would leave a job half-started. A key
+    # that cannot be compared is not that key.
+    try:
+        return key in keys
+    except Exception:  # noqa: BLE001 - a user's __eq__; see above
+        return False
+
+
+def _same_key(a: object, b: object) -> bool:
+    # Whether two keys are one for a dict, without raising.
+    if a is b:
+        return True
+    try:
+        return hash(a) == hash(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - a user's __eq__ or __hash__; see _key_in
+        return False
+
+
+class _Orphan:
+    """Stands for a key that a mutation made equal to another live key.
+
+    Hashed and compared by identity: the shard filed under it stays apart
+    from the other key's, reachable by its jobs (see Engine._refile).
+    """
+
+    __slots__ = ()
+
+
+def _refiled(shards: dict[Hashable, Any]) -> dict[Hashable, Any]:
+    # The shard table re-hashed under the keys' current hashes (a key whose
+    # hash changed is found again). A key that now equals another, or
+    # cannot be compared with it, keeps its shard under an _Orphan.
+    refiled: dict[Hashable, Any] = {}
+    for stored, shard in shards.items():
+        try:
+            clash = stored in refiled
+        except Exception:  # noqa: BLE001 - a user's __eq__ or __hash__; its shard is kept apart
+            clash = True
+        refiled[_Orphan() if clash else stored] = shard
+    return refiled
 
 
 class Job:
@@ -114,6 +171,7 @@ class Job:
         "kwargs",
         "options",
         "seq",
+        "started",
         "state",
         "streak",
         "waited",
@@ -143,9 +201,10 @@ class Job:
         self.kwargs = kwargs
         self.future = future
         self.state = QUEUED
-        # Admission sequence; also the job's place in ``ready``. A job that
-        # yields its place (a hot key's, see HOT_BATCH) gets a new one.
-        self.seq: float = 0
+        # Admission sequence, unique per engine: the job's place in
+        # ``ready`` (a job that yields its turn, a hot key's, see HOT_BATCH,
+        # is pushed with a later place) and its number in job ids.
+        self.seq = 0
         self.blockers = 0
         # Jobs of this job's key that ran in a row ahead of waiting jobs,
         # this one excluded (single-key chains only; see HOT_BATCH).
@@ -153,6 +212,9 @@ class Job:
         self.admitted = 0.0
         self.deadline: float | None = None
         self.waited = 0.0
+        # When the runner called the job's current attempt (metrics only:
+        # see Engine.timings).
+        self.started: float | None = None
         # Set by Engine.take when the job must fail instead of running.
         self.error: BaseException | None = None
 
@@ -169,6 +231,7 @@ class Engine:
 
     __slots__ = (
         "_backoff",
+        "_failures",
         "_halt_on_error",
         "_halted",
         "_max_wait",
@@ -183,13 +246,15 @@ class Engine:
         "_running",
         "_shards",
         "_submitted",
+        "timings",
     )
 
-    def __init__(self, *, halt_on_error: bool) -> None:
+    def __init__(self, *, halt_on_error: bool, metrics: bool = False) -> None:
         # A key's shard: the job itself while it is the key's only one (no
         # deque for the common case: a deque costs ~600 bytes), else a deque.
         self._shards: dict[Hashable, Job | deque[Job]] = {}
-        # (seq, job) entries: tuples compare in C, cheaper than Job.__lt__.
+        # (place, job) entries, place = the seq but for a yielded turn (see
+        # _advance): tuples compare in C, cheaper than Job.__lt__.
         self._ready: list[tuple[float, Job]] = []
         # Runnable exclusive blocks (fn is None) wait here instead of in
         # ``ready``: they run in their caller's thread, so they must not
@@ -210,6 +275,12 @@ class Engine:
         self._parked: list[Job] = []
         self._backoff = 0  # jobs waiting for a retry (state BACKOFF)
         self._retries = 0  # retries scheduled since creation
+        # Failed jobs by exception type name (bounded: MAX_FAILURE_TYPES).
+        self._failures: dict[str, int] = {}
+        # The wait and run histograms (metrics=True), or None. The engine
+        # records a job's wait when it first starts; runners record the run
+        # time of each attempt.
+        self.timings = Timings() if metrics else None
 
     # -- admission ---------------------------------------------------------
 
@@ -272,9 +343,9 @@ class Engine:
     def _pop_head(self, key: Hashable, job: Job) -> deque[Job] | None:
         # Remove ``job``, the head of ``key``'s shard; return the rest, or
         # None (and drop the shard) if nothing is left.
-        try:
-            shard = self._shards[key]
-        except KeyError:
+        shard = self._shards.get(key)
+        if shard is not job and not (isinstance(shard, deque) and shard[0] is job):
+            # Not found, or another shard: the key's hash changed (_refile).
             key = self._refile(key, job)
             shard = self._shards[key]
         shards = self._shards
@@ -311,6 +382,8 @@ class Engine:
         self._running += 1
         if self._halted:
             self._check_halted(job)
+        if self.timings is not None and job.error is None:
+            self.timings.wait.add(0.0)
         return True
 
     # -- start -------------------------------------------------------------
@@ -336,10 +409,35 @@ class Engine:
         # A runnable job on a paused key waits in ``_parked`` instead.
         paused = self._paused
         for key in job.keys:
-            if key in paused:
+            if _key_in(key, paused):
                 self._parked.append(job)
                 return True
         return False
+
+    def runnable_jobs(self) -> list[Job]:
+        """The jobs ``take`` may start now, in the order it would take them (O(n log n)).
+
+        For a runner that chooses which runnable job goes next (the
+        simulator of ``keyed_dispatch.testing``); see ``take_job``.
+        """
+        return [job for _, job in sorted(self._ready) if job.state == QUEUED]
+
+    def take_job(self, job: Job, now: float) -> Job:
+        """Mark ``job``, one of ``runnable_jobs()``, running: ``take`` for a chosen job (O(n)).
+
+        As with ``take``, ``error`` is set when the job must fail instead
+        of running.
+
+        Raises:
+            ValueError: ``job`` is not runnable now.
+        """
+        ready = self._ready
+        entry = next((entry for entry in ready if entry[1] is job), None) if job.state == QUEUED else None
+        if entry is None:
+            raise ValueError("the job is not runnable")
+        ready.remove(entry)
+        heapq.heapify(ready)
+        return self._start(job, now)
 
     def _start(self, job: Job, now: float) -> Job:
         job.state = RUNNING
@@ -360,6 +458,9 @@ class Engine:
             job.deadline = None
         if self._halted and job.error is None:
             self._check_halted(job)
+        timings = self.timings
+        if timings is not None and attempt == 1 and job.error is None:
+            timings.wait.add(waited)
         return job
 
     def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
@@ -377,11 +478,13 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
+        if outcome == FAILED:
+            self._count_failure(job, error)
         key = keys[0]
         shards = self._shards
-        try:
-            shard = shards[key]
-        except KeyError:
+        shard = shards.get(key)
+        if shard is not job and not (isinstance(shard, deque) and shard[0] is job):
+            # Not found, or another shard: the key's hash changed (_refile).
             key = self._refile(key, job)
             shards = self._shards
             shard = shards[key]
@@ -431,8 +534,9 @@ class Engine:
         return None
 
     def _check_halted(self, job: Job) -> None:
+        halted = self._halted
         for key in job.keys:
-            cause = self._halted.get(key)
+            cause = halted.get(key) if _key_in(key, halted) else None
             if cause is not None:
                 error = KeyHalted(key)
                 error.__cause__ = cause
@@ -450,9 +554,16 @@ class Engine:
         self._running -= 1
         job.state = DONE
         self._outcomes[outcome] += 1
-        if outcome == FAILED and self._halt_on_error and error is not None:
-            for key in job.keys:
-                self._halted[key] = error
+        if outcome == FAILED:
+            self._count_failure(job, error)
+            if self._halt_on_error and error is not None:
+                for key in job.keys:
+                    try:
+                        self._halted[key] = error
+                    except Exception:
+                        logger.exception(
+                            "cannot halt %s: comparing it with a halted key failed", KeysText((key,))
+                        )
         # A chain's streak counts single-key jobs only: a multi-key job
         # already waited for several keys.
         streak = job.streak + 1 if len(job.keys) == 1 else 0
@@ -460,6 +571,19 @@ class Engine:
             shard = self._pop_head(key, job)
             if shard is not None:
                 self._advance(key, shard, streak)
+
+    def _count_failure(self, job: Job, error: BaseException | None) -> None:
+        # ``error``: the job's own exception, else the one it was failed
+        # with (KeyHalted...).
+        cause = error if error is not None else job.error
+        name = type(cause).__name__ if cause is not None else OTHER_FAILURES
+        failures = self._failures
+        if name in failures:
+            failures[name] += 1
+        elif len(failures) < MAX_FAILURE_TYPES:
+            failures[name] = 1
+        else:
+            failures[OTHER_FAILURES] = failures.get(OTHER_FAILURES, 0) + 1
 
     def kill(self, job: Job, outcome: int) -> bool:
         """Retire a job that has not started (cancelled or expired).
@@ -498,19 +622,14 @@ class Engine:
         # ``key`` of ``job`` is not found: its hash changed after admission
         # (a mutated key: a user error, which must still not wedge the
         # dispatcher). Re-file the table under the keys' current hashes and
-        # return the key object under which ``job``'s shard is filed.
-        shards = self._shards
-        refiled = {stored: shard for stored, shard in shards.items()}  # noqa: C416 - re-hashes every key
-        if len(refiled) != len(shards):
-            raise RuntimeError(
-                f"a key changed its hash while it had jobs and now equals another live key: {key!r}; "
-                "keys must not be mutated after submission"
-            )
-        self._shards = refiled
-        if key in refiled:
-            return key
+        # return the key under which ``job``'s shard is filed now.
+        self._shards = refiled = _refiled(self._shards)
+        # The job is in the shards of its other keys too: skip those.
+        others = [other for other in job.keys if other is not key]
         for stored, shard in refiled.items():
-            if shard is job or (isinstance(shard, deque) and job in shard):
+            if (shard is job or (isinstance(shard, deque) and job in shard)) and not any(
+                _same_key(stored, other) for other in others
+            ):
                 return stored
         raise KeyError(key)
 
@@ -532,22 +651,25 @@ class Engine:
                 ready = self._ready
                 while ready and ready[0][1].state != QUEUED:
                     heapq.heappop(ready)  # killed while runnable
-                if not ready or head.seq > ready[0][0]:
+                place: float = head.seq
+                if not ready or place > ready[0][0]:
                     head.streak = 0  # nothing waits, or it queues behind
                 elif streak >= HOT_BATCH:
-                    # Its batch is used up: the oldest waiting job goes first.
-                    head.seq = ready[0][0] + 0.5
+                    # Its batch is used up: the oldest waiting job goes first
+                    # (its place in ``ready`` changes, not its seq).
+                    place = ready[0][0] + 0.5
                     head.streak = 0
                 else:
                     head.streak = streak
-                heapq.heappush(ready, (head.seq, head))
+                heapq.heappush(ready, (place, head))
             return
         # Only dead jobs were left: the key is idle.
         try:
             del self._shards[key]
         except KeyError:
             # Its hash changed (see _refile): drop the shard by identity.
-            self._shards = {stored: other for stored, other in self._shards.items() if other is not shard}
+            refiled = _refiled(self._shards)
+            self._shards = {stored: other for stored, other in refiled.items() if other is not shard}
         if not self._shards:
             self._shards = {}
 
@@ -716,6 +838,9 @@ class Engine:
             retries=self._retries,
             in_backoff=self._backoff,
             paused_keys=len(self._paused),
+            failures=tuple(sorted(self._failures.items(), key=lambda item: (-item[1], item[0]))),
+            wait=None if self.timings is None else self.timings.wait.snapshot(),
+            run=None if self.timings is None else self.timings.run.snapshot(),
         )
 
     def queued_jobs(self) -> list[Job]:
@@ -733,8 +858,8 @@ class Engine:
         The jobs parked by the pause become runnable again unless another
         of their keys is still paused.
         """
-        halted = self._halted.pop(key, None) is not None
-        if key not in self._paused:
+        halted = _key_in(key, self._halted) and self._halted.pop(key, None) is not None
+        if not _key_in(key, self._paused):
             return halted
         self._paused.discard(key)
         parked = self._parked

@@ -19,11 +19,11 @@ from typing import Any
 from ._config import DispatcherConfig, resolve_config
 from ._engine import QUEUED, Engine, Job
 from ._errors import ShardsExhausted, StartTimeout, SubmitTimeout, Superseded
-from ._keys import KeysText, check_hashable, normalize_keys
+from ._keys import KeysText, check_hashable, key_str, normalize_keys
 from ._policies import DeadLetter, JobOptions, Retry
 from ._stats import DispatcherStats, KeyInfo
 
-__all__ = ["Runner", "StartDeadlines", "check_callable", "log_start", "many_keys", "one_key"]
+__all__ = ["Runner", "StartDeadlines", "check_callable", "job_fields", "log_start", "many_keys", "one_key"]
 
 logger = logging.getLogger("keyed_dispatch")
 _DEBUG = logging.DEBUG
@@ -56,12 +56,34 @@ def many_keys(keys: Iterable[Hashable], fn: object, name: str) -> tuple[Hashable
     return normalize_keys(keys)
 
 
-def log_start(keys: tuple[Hashable, ...], waited: float, warn: float | None) -> None:
-    """Emit the start lines of a job: DEBUG always, WARNING past ``wait_warning``."""
+def log_start(
+    keys: tuple[Hashable, ...], waited: float, warn: float | None, seq: float | None = None
+) -> None:
+    """Emit the start lines of a job: DEBUG always, WARNING past ``wait_warning``.
+
+    Both carry the fields of :func:`job_fields` (``extra``), for JSON handlers.
+    """
     if logger.isEnabledFor(_DEBUG):
-        logger.debug("started job for %s (waited %.2fs)", KeysText(keys), waited)
+        logger.debug(
+            "started job for %s (waited %.2fs)", KeysText(keys), waited, extra=job_fields(keys, waited, seq)
+        )
     if warn is not None and waited >= warn:
-        logger.warning("job for %s waited %.2fs", KeysText(keys), waited)
+        logger.warning("job for %s waited %.2fs", KeysText(keys), waited, extra=job_fields(keys, waited, seq))
+
+
+def job_fields(keys: tuple[Hashable, ...], waited: float | None, seq: float | None) -> dict[str, object]:
+    """The ``extra`` fields of a log line about a job; JSON-safe values only.
+
+    ``keys``: the job's keys, as strings; ``wait_s``: its wait to start, in
+    seconds; ``job_seq``: its sequence number in the dispatcher, the one
+    that ends its ``current_job().job_id``.
+    """
+    fields: dict[str, object] = {"keys": [key_str(key) for key in keys]}
+    if waited is not None:
+        fields["wait_s"] = waited
+    if seq is not None:
+        fields["job_seq"] = int(seq)
+    return fields
 
 
 class StartDeadlines:
@@ -143,11 +165,13 @@ def _unstarted(job: Job) -> bool:
 class Runner:
     """The part of a dispatcher that does not depend on how its jobs run.
 
-    Subclasses create ``_engine`` and implement ``_guard`` (what serializes
-    access to the engine) and ``_workers`` (their own figures for stats).
+    Subclasses create ``_engine`` (with ``metrics=self._metrics``), set
+    ``_name`` and implement ``_guard`` (what serializes access to the
+    engine) and ``_workers`` (their own figures for stats).
     """
 
     _engine: Engine
+    _name: str
 
     def __init__(  # noqa: PLR0917 - the settings come in their signature's order, from the subclasses only
         self,
@@ -161,6 +185,8 @@ class Runner:
         wait_warning: float | None,
         retry: Retry | None = None,
         dead_letter: Callable[[DeadLetter], object] | None = None,
+        *,
+        metrics: bool = False,
     ) -> None:
         # The constructors' settings, in one place: arguments left as None
         # keep the value of ``config`` (or of the environment).
@@ -182,12 +208,25 @@ class Runner:
         self._halt_on_error = halt_on_error
         self._retry = retry
         self._dead_letter = dead_letter
+        if not isinstance(metrics, bool):
+            raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
+        self._metrics = metrics
         self._closed = False
 
     @property
     def config(self) -> DispatcherConfig:
         """The settings in force: a frozen :class:`DispatcherConfig`, fixed at construction."""
         return self._config
+
+    @property
+    def name(self) -> str:
+        """The dispatcher's name: the ``dispatcher`` label of its metrics."""
+        return self._name
+
+    @property
+    def metrics(self) -> bool:
+        """Whether the dispatcher records the wait and run histograms of ``stats()``."""
+        return self._metrics
 
     def _guard(self) -> AbstractContextManager[object]:
         # What makes engine access safe from the calling thread.
@@ -286,7 +325,11 @@ class Runner:
         # The error of a submit whose wait for room timed out.
         config = self._config
         if self._engine.shards_full(keys, config.max_shards):
-            logger.error("shard pool exhausted: %d shards", config.max_shards)
+            logger.error(
+                "shard pool exhausted: %d shards",
+                config.max_shards,
+                extra={**job_fields(keys, None, None), "max_shards": config.max_shards},
+            )
             return ShardsExhausted(
                 f"shard pool exhausted: {config.max_shards} shards stayed live for {config.submit_timeout}s"
             )

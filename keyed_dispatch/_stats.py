@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ._histogram import HistogramSnapshot
+
 __all__ = ["DispatcherStats", "KeyInfo"]
 
 
@@ -23,7 +25,8 @@ class DispatcherStats:
         running: jobs started and not finished, ``exclusive`` blocks included.
         submitted: jobs admitted since creation.
         completed: jobs that returned.
-        failed: jobs that raised, or failed with KeyHalted.
+        failed: jobs that raised, or failed with KeyHalted (by type:
+            ``failures``).
         cancelled: jobs cancelled before they started.
         timed_out: jobs that failed with StartTimeout.
         halted_keys: keys halted now (``halt_on_error``).
@@ -33,6 +36,20 @@ class DispatcherStats:
         retries: retries scheduled (attempts after a failed one).
         in_backoff: jobs waiting now for a retry (they hold their keys).
         paused_keys: keys paused now.
+        failures: the failed jobs by exception type name (``__name__``), as
+            ``(name, count)`` pairs, most frequent first. Bounded: the first
+            32 distinct names get a count each; later new names count
+            together under ``"<other>"``.
+        wait: the histogram of admission-to-start waits, in seconds, of the
+            jobs and ``exclusive`` blocks that started (one value per job:
+            its first attempt; not those that failed or timed out before
+            starting); None unless the dispatcher was created with
+            ``metrics=True``.
+        run: the histogram of run times, in seconds, one value per attempt:
+            from the call of a job (the entry of a block) to its retirement,
+            which for the thread dispatcher includes its future's
+            done-callbacks (they run in the worker while the job still holds
+            its keys); None unless ``metrics=True``.
     """
 
     max_workers: int
@@ -54,9 +71,16 @@ class DispatcherStats:
     retries: int = 0
     in_backoff: int = 0
     paused_keys: int = 0
+    failures: tuple[tuple[str, int], ...] = ()
+    wait: HistogramSnapshot | None = None
+    run: HistogramSnapshot | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """The snapshot as a plain dict (for JSON endpoints and logs)."""
+        """The snapshot as a plain dict (for JSON endpoints and logs).
+
+        The histograms become dicts of their fields (``count``, ``sum``,
+        ``bounds``, ``counts``) and ``failures`` a list of pairs: JSON-safe.
+        """
         return asdict(self)
 
 

@@ -85,6 +85,26 @@ class KeyedFuture(Future[_T]):
     _kd_job: Job | None = None
     _kd_owner: KeyedDispatcher | None = None
 
+    def result(self, timeout: float | None = None) -> _T:
+        """As ``Future.result``; raises RuntimeError where the wait can only deadlock.
+
+        A job that waits for a later job of one of its own keys waits for
+        ever (that job starts after this one ends), as a ``ThreadPoolExecutor``
+        job waiting on a job queued behind it in a one-thread pool would.
+        That case is detected and refused at once.
+        """
+        owner = self._kd_owner
+        if owner is not None:
+            owner._check_wait(self._kd_job)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """As ``Future.exception``, with the deadlock check of :meth:`result`."""
+        owner = self._kd_owner
+        if owner is not None:
+            owner._check_wait(self._kd_job)
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         if not super().cancel():
             owner = self._kd_owner
@@ -170,7 +190,12 @@ class KeyedDispatcher(Runner):
         dead_letter: called with a :class:`DeadLetter` when a job with a
             retry policy fails for good, outside the dispatcher's lock; what
             it raises is logged.
-        name: prefix of the worker thread names.
+        name: prefix of the worker thread names; the ``dispatcher`` label
+            of its metrics.
+        metrics: record the wait and run histograms of :meth:`stats`
+            (``wait``, ``run``), which the exporters of
+            :mod:`keyed_dispatch.metrics` need. Off, the dispatcher pays
+            nothing for them.
         config: the base settings instead of the environment's.
 
     Raises:
@@ -191,6 +216,7 @@ class KeyedDispatcher(Runner):
         retry: Retry | None = None,
         dead_letter: Callable[[DeadLetter], object] | None = None,
         name: str = "keyed-dispatch",
+        metrics: bool = False,
         config: DispatcherConfig | None = None,
     ) -> None:
         super().__init__(
@@ -204,6 +230,7 @@ class KeyedDispatcher(Runner):
             wait_warning,
             retry,
             dead_letter,
+            metrics=metrics,
         )
         if not isinstance(name, str):
             raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -221,7 +248,7 @@ class KeyedDispatcher(Runner):
         self._drained = threading.Condition(self._lock)
         self._timer_cond = threading.Condition(self._lock)
         self._room_waiters = 0
-        self._engine = Engine(halt_on_error=self._halt_on_error)
+        self._engine = Engine(halt_on_error=self._halt_on_error, metrics=self._metrics)
         self._idle: list[_Worker] = []
         self._threads: set[threading.Thread] = set()
         # Idents of this dispatcher's worker threads: user code running in
@@ -591,6 +618,7 @@ class KeyedDispatcher(Runner):
         if future.set_running_or_notify_cancel():
             future.set_exception(exc)
             outcome = FAILED
+            job.error = exc  # counted in stats().failures by its type
         with self._lock:
             self._nworkers -= 1
             self._threads.discard(thread)
@@ -606,6 +634,7 @@ class KeyedDispatcher(Runner):
         lock = self._lock
         engine = self._engine
         finish = engine.finish
+        timings = engine.timings
         idle = self._idle
         config = self._config
         max_workers = config.max_workers
@@ -653,6 +682,7 @@ class KeyedDispatcher(Runner):
                 if not retriable:
                     job.future = job.fn = job.args = job.kwargs = None  # type: ignore[assignment]
                 error: BaseException | None = None
+                started: float | None = None
                 worker.holding = job.keys
                 worker.running = job
                 # A retry's future is running since the first attempt; a
@@ -663,7 +693,9 @@ class KeyedDispatcher(Runner):
                     future.set_exception(job.error)
                     outcome = outcome_of(job.error)
                 else:
-                    log_start(job.keys, job.waited, config.wait_warning)
+                    log_start(job.keys, job.waited, config.wait_warning, job.seq)
+                    if timings is not None:
+                        started = _monotonic()
                     try:
                         result = fn(*args, **kwargs)  # type: ignore[misc]
                     except BaseException as exc:  # noqa: BLE001 - the job's error belongs to its future
@@ -694,6 +726,8 @@ class KeyedDispatcher(Runner):
                 if not lock.acquire(False):
                     _acquire_holding_gil(lock)
                 try:
+                    if started is not None and timings is not None:
+                        timings.run.add(_monotonic() - started)
                     if outcome == _RETRY:
                         self._backoff_locked(job, delay)  # type: ignore[arg-type]
                         job = engine.take(_monotonic())
@@ -894,8 +928,10 @@ class KeyedDispatcher(Runner):
             raise DispatcherClosed("the dispatcher was shut down before the block's turn came") from None
         job = future._kd_job
         assert job is not None
-        log_start(wanted, job.waited, self._config.wait_warning)
+        log_start(wanted, job.waited, self._config.wait_warning, job.seq)
         self._local.keys = wanted
+        timings = engine.timings
+        started = _monotonic()
         outcome, error = COMPLETED, None
         try:
             yield
@@ -910,6 +946,8 @@ class KeyedDispatcher(Runner):
                 # started empty: the block belongs to the parent's engine
                 # and has nothing to release here.
                 if self._engine is engine:
+                    if timings is not None:
+                        timings.run.add(_monotonic() - started)
                     engine.release(job, outcome, error)
                     spawn = self._after_retire_locked()
             if spawn:
@@ -979,7 +1017,7 @@ class KeyedDispatcher(Runner):
         job = None if worker is None else worker.running
         if job is None:
             return None
-        return JobContext(f"{self._name}-{os.getpid()}-{int(job.seq)}", job.keys, job.attempt)
+        return JobContext(f"{self._name}-{os.getpid()}-{job.seq}", job.keys, job.attempt)
 
     def shutdown(self, wait: bool = True, *, cancel_pending: bool = False) -> None:
         """Stop admitting jobs; optionally cancel the queued ones; drain.
@@ -1020,6 +1058,20 @@ class KeyedDispatcher(Runner):
                 thread.join()
         if timer is not None and timer is not current:
             timer.join()
+
+    def _check_wait(self, job: Job | None) -> None:
+        # A wait for ``job``'s future from the calling thread: refuse it if
+        # the thread holds a key of ``job``, which cannot start before the
+        # holder ends (see KeyedFuture.result).
+        held = self._held_keys()
+        if held is None or job is None or job.state not in (QUEUED, BACKOFF):
+            return
+        shared = set(held).intersection(job.keys)
+        if shared:
+            raise RuntimeError(
+                f"waiting here for a later job of key {KeysText(tuple(shared))} would deadlock: that job "
+                "starts only after the job (or exclusive block) holding the key ends"
+            )
 
     def _held_keys(self) -> tuple[Hashable, ...] | None:
         # The keys the calling thread holds in this dispatcher, or None: in

@@ -6,8 +6,13 @@ naming the first violation of the dispatcher's guarantees. It understands
 plain functions and coroutine functions, so the same checks serve the thread
 and the asyncio dispatcher.
 
-The Hypothesis strategies (:func:`job_specs`, :func:`workloads`) import
-Hypothesis when called; the rest of this module needs only the standard
+:class:`SimulatedDispatcher` runs keyed jobs in the calling thread, one
+scheduling choice at a time, in any order the dispatcher may produce; with
+:func:`hypothesis_chooser`, Hypothesis explores those orders and shrinks a
+failing one.
+
+The Hypothesis helpers (:func:`job_specs`, :func:`workloads`,
+:func:`hypothesis_chooser`) import Hypothesis when called; the rest of this module needs only the standard
 library.
 
 Example::
@@ -32,11 +37,22 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import KeyHalted, StartTimeout
 from ._keys import normalize_keys
+from ._simulator import Chooser, ScheduleStep, SimulatedDispatcher, SimulatedJob, describe_step
 
 if TYPE_CHECKING:
-    from hypothesis.strategies import SearchStrategy
+    from hypothesis.strategies import DataObject, SearchStrategy
 
-__all__ = ["JobSpec", "OrderRecorder", "RecordedJob", "job_specs", "workloads"]
+__all__ = [
+    "JobSpec",
+    "OrderRecorder",
+    "RecordedJob",
+    "ScheduleStep",
+    "SimulatedDispatcher",
+    "SimulatedJob",
+    "hypothesis_chooser",
+    "job_specs",
+    "workloads",
+]
 
 
 class _Dispatcher(Protocol):
@@ -397,6 +413,41 @@ def workloads(
         ),
         max_size=max_jobs,
     )
+
+
+def hypothesis_chooser(data: DataObject) -> Chooser:
+    """A chooser for :class:`SimulatedDispatcher` that lets Hypothesis pick each next job.
+
+    Use it in a test given ``st.data()``, with a new dispatcher (and a new
+    chooser) per example::
+
+        @given(st.data())
+        def test_handler(data):
+            sim = SimulatedDispatcher(hypothesis_chooser(data))
+            ...
+            sim.run_until_idle()
+
+    Each choice is drawn as an index into the candidates, which come in the
+    default order: index 0 is the job the real dispatcher prefers, so
+    Hypothesis shrinks a failing schedule towards the default order, and
+    the schedule it reports deviates from it only where the failure needs
+    it. Each step is also recorded with ``note()``, so the failure report
+    lists the schedule in words (``step 2: job #3 on key B (handle) [among
+    #1 #3]``). A step with one candidate draws nothing.
+    """
+    from hypothesis import note
+    from hypothesis import strategies as st
+
+    steps = itertools.count(1)
+
+    def choose(jobs: Sequence[SimulatedJob]) -> SimulatedJob:
+        step = next(steps)
+        index = data.draw(st.integers(min_value=0, max_value=len(jobs) - 1), label=f"step {step}")
+        job = jobs[index]
+        note(describe_step(step, job, job.started, (candidate.number for candidate in jobs)))
+        return job
+
+    return choose
 
 
 def failing(message: str = "job failed on purpose") -> Callable[[], None]:

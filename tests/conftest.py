@@ -14,6 +14,10 @@ import pytest
 from keyed_dispatch import KeyedDispatcher
 from tests.helpers import Gates, MakeDispatcher, close_and_check, new_dispatcher
 
+# pytester runs our pytest plugin's fixtures in a test session of their own
+# (tests/core/test_pytest_plugin.py).
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture
 def gates() -> Iterator[Gates]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import pytest
@@ -103,3 +104,14 @@ def close_and_check(dispatcher: KeyedDispatcher) -> None:
     assert threads_named(name + "_") == [], f"threads of {name} outlived shutdown(wait=True)"
     stats = dispatcher.stats()
     assert stats.pending == stats.running == stats.workers == 0, stats
+
+
+@contextmanager
+def checked_dispatcher(max_workers: int | None = 4, **kwargs: Any) -> Iterator[KeyedDispatcher]:
+    """:func:`new_dispatcher`, closed and checked on exit (for Hypothesis tests,
+    which cannot use function-scoped fixtures)."""
+    dispatcher = new_dispatcher(max_workers, **kwargs)
+    try:
+        yield dispatcher
+    finally:
+        close_and_check(dispatcher)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 import shlex
@@ -16,33 +15,17 @@ from pathlib import Path
 import pytest
 
 import keyed_dispatch
+import keyed_dispatch.metrics
 import keyed_dispatch.testing
+from tests.recipes import block_containing, curls, exports, fenced_blocks, line_starting
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 DEADLINE = 60.0
 
 
-def fenced_blocks(path: Path, language: str = r"\w*") -> list[str]:
-    """The fenced code blocks of a Markdown file (of one language), in order."""
-    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.MULTILINE | re.DOTALL)
-
-
 def python_blocks(path: Path) -> list[str]:
     return fenced_blocks(path, "python")
-
-
-def block_containing(path: Path, needle: str) -> str:
-    """The one fenced block of ``path`` that contains ``needle``."""
-    blocks = [block for block in fenced_blocks(path) if needle in block]
-    assert len(blocks) == 1, f"{path.name}: {len(blocks)} blocks contain {needle!r}"
-    return blocks[0]
-
-
-def line_starting(text: str, prefix: str) -> str:
-    lines = [line for line in text.splitlines() if line.startswith(prefix)]
-    assert len(lines) == 1, f"{len(lines)} lines start with {prefix!r}"
-    return lines[0]
 
 
 def free_port() -> int:
@@ -84,6 +67,7 @@ def test_api_reference_documents_every_public_name() -> None:
             documented.setdefault(module, set()).add(match.group(1))
     assert documented["keyed_dispatch"] == set(keyed_dispatch.__all__)
     assert documented["keyed_dispatch.testing"] == set(keyed_dispatch.testing.__all__)
+    assert documented["keyed_dispatch.metrics"] == set(keyed_dispatch.metrics.__all__)
     postgres = pytest.importorskip("keyed_dispatch.postgres")
     assert documented["keyed_dispatch.postgres"] == set(postgres.__all__)
 
@@ -94,16 +78,16 @@ def test_gunicorn_recipe_serves_the_flask_example() -> None:
     pytest.importorskip("gunicorn")
     pytest.importorskip("flask")
     recipe = block_containing(DOCS / "operations.md", "gunicorn --chdir examples -w 2")
-    command = line_starting(recipe, "gunicorn --chdir examples -w 2")
-    curl_body = re.search(r"-d '(.*?)'", recipe, flags=re.DOTALL)
-    assert curl_body is not None
-    body = json.loads(curl_body.group(1))
+    command = line_starting(recipe, "gunicorn --chdir examples -w 2").removesuffix("&").strip()
+    env = exports(recipe)
+    webhook_call, stats_call = curls(recipe, env)
     assert "127.0.0.1:8000" in command
     port = free_port()
     args = shlex.split(command.replace("127.0.0.1:8000", f"127.0.0.1:{port}"))
     server = subprocess.Popen(  # noqa: S603 - our interpreter, the documented arguments
         [sys.executable, "-m", *args],
         cwd=ROOT,
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -120,10 +104,15 @@ def test_gunicorn_recipe_serves_the_flask_example() -> None:
                     assert time.monotonic() < deadline, "gunicorn did not start"
                     time.sleep(0.05)  # a polling interval, not a synchronization
             assert stats.status_code == 200
-            answer = client.post(f"{url}/webhook", json=body)
+            answer = webhook_call.send(client, url)
             assert answer.status_code == 200, answer.text
             assert answer.json()["webhook"] == "1:17"
             assert len(answer.json()["placed"]) == 2  # one LIMIT order per symbol
+            # Either worker process may answer: each has its own dispatcher.
+            assert stats_call.send(client, url).status_code == 200
+            # The documented secret is what made the webhook pass.
+            webhook_call.headers.pop("X-Webhook-Secret")
+            assert webhook_call.send(client, url).status_code == 401
     finally:
         server.terminate()
         assert server.wait(DEADLINE) == 0

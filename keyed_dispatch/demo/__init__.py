@@ -1,7 +1,8 @@
 """The webhook race demo (``python -m keyed_dispatch demo``) and the parts the examples share.
 
 A fake exchange whose calls take time (:class:`FakeExchange`), a SQLite
-order table (:class:`OrderStore`), the webhook handler of the lock-manager
+order table (:class:`OrderStore`), the example servers' credentials
+(:class:`Credentials`), the webhook handler of the lock-manager
 design (:class:`WebhookHandler`, :func:`parse_webhook`) with the audit of
 its end state (:func:`audit`), the lock-per-key manager of that design
 (:class:`WebhookLockManager`), and the harness that fires one burst of
@@ -16,10 +17,19 @@ extra; it is imported only when asked for.
 
 from __future__ import annotations
 
+from ._credentials import (
+    ADMIN_TOKEN_ENV,
+    WEBHOOK_SECRET_ENV,
+    WEBHOOK_SECRET_FIELD,
+    WEBHOOK_SECRET_HEADER,
+    Credentials,
+    Refusal,
+)
 from ._exchange import ExchangeError, ExchangeOrder, FakeExchange
 from ._harness import (
     CHECKED_MODES,
     MODES,
+    OPT_IN_MODES,
     POSTGRES_MODES,
     Harness,
     ModeRunner,
@@ -45,12 +55,18 @@ from ._webhooks import (
 )
 
 __all__ = [
+    "ADMIN_TOKEN_ENV",
     "CHECKED_MODES",
     "MODES",
+    "OPT_IN_MODES",
     "POSTGRES_MODES",
     "SYMBOLS",
+    "WEBHOOK_SECRET_ENV",
+    "WEBHOOK_SECRET_FIELD",
+    "WEBHOOK_SECRET_HEADER",
     "Audit",
     "Burst",
+    "Credentials",
     "DemoOptions",
     "ExchangeError",
     "ExchangeOrder",
@@ -66,6 +82,7 @@ __all__ = [
     "OrderTable",
     "ProcessingLog",
     "Progress",
+    "Refusal",
     "Webhook",
     "WebhookHandler",
     "WebhookLockManager",

@@ -10,6 +10,13 @@ three times over a fresh fake exchange and a fresh SQLite order table:
 * ``keyed``: the request thread submits the handler to a KeyedDispatcher
   (``submit_multi`` on the webhook's keys) and waits for its result.
 
+With ``--supersede`` (or ``--mode keyed-latest``) the row ``keyed-latest``
+submits the same way with ``options(supersede=True)``: a webhook still
+queued when a later one arrives on its keys is dropped (its request gets
+:class:`~keyed_dispatch.Superseded`), so each key applies only its latest
+webhook and the exchange sees far fewer calls. The table counts the
+superseded webhooks and the exchange calls of every row.
+
 With ``--distributed`` a fourth row, ``distributed``, runs the same burst
 across processes: submitter processes submit it through PostgresDispatcher
 to worker processes, over an exchange and an orders table shared in
@@ -23,6 +30,8 @@ Then it prints one row per mode (see :class:`ModeResult`). Modes live in a
 registry (:data:`MODES`, :func:`register_mode`): a mode is a function
 ``(burst, options, progress) -> ModeResult``, and :class:`Harness` gives it
 the world, the firing threads and the audit, so another mode is one function.
+Opt-in modes (:data:`OPT_IN_MODES`: ``keyed-latest`` and the PostgreSQL
+ones) run only when asked for.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import Any, TypeVar
 
-from keyed_dispatch import DispatcherConfig, KeyedDispatcher
+from keyed_dispatch import DispatcherConfig, KeyedDispatcher, Superseded
 
 from ._exchange import FakeExchange
 from ._locks import WebhookLockManager
@@ -50,6 +59,7 @@ from ._webhooks import Webhook, WebhookHandler, audit
 __all__ = [
     "CHECKED_MODES",
     "MODES",
+    "OPT_IN_MODES",
     "POSTGRES_MODES",
     "Harness",
     "ModeRunner",
@@ -69,6 +79,10 @@ class Harness:
     The world: a FakeExchange with the options' latency, an OrderStore on
     ``options.db``, and a WebhookHandler over both. :meth:`fire` runs the
     burst on ``options.threads`` request threads; :meth:`result` audits.
+
+    Attributes:
+        failures: per ``seq``, what a failed webhook raised.
+        superseded: the ``seq`` of the webhooks a later one superseded.
     """
 
     def __init__(self, burst: Burst, options: DemoOptions, progress: Progress) -> None:
@@ -82,6 +96,7 @@ class Harness:
         self.handler = WebhookHandler(self.exchange, self.store)
         self.arrived: dict[int, float] = {}
         self.failures: dict[int, BaseException] = {}
+        self.superseded: set[int] = set()
         self.started = 0.0
         self.ended = 0.0
 
@@ -93,8 +108,9 @@ class Harness:
         ``admit(webhook)`` still under that lock, so what ``admit`` does
         happens in arrival order; it must not block. Then, outside the lock,
         ``complete(webhook, token)`` with what ``admit`` returned: it blocks
-        until the webhook is handled. An exception from either counts the
-        webhook as failed.
+        until the webhook is handled. :class:`~keyed_dispatch.Superseded`
+        from ``complete`` counts the webhook as superseded; any other
+        exception from either counts it as failed.
         """
         arrivals = iter(self.burst.webhooks)
         arrival_lock = threading.Lock()
@@ -116,6 +132,8 @@ class Harness:
                 if failed is None:
                     try:
                         complete(webhook, token)
+                    except Superseded:
+                        self.superseded.add(webhook.seq)
                     except Exception as exc:  # noqa: BLE001 - idem
                         failed = exc
                 if failed is not None:
@@ -133,11 +151,15 @@ class Harness:
 
     def result(self, mode: str) -> ModeResult:
         """Audit the world after :meth:`fire` and build the mode's row."""
-        applied = [w for w in self.burst.webhooks if w.seq not in self.failures]
-        findings = audit(self.exchange, self.store, applied)
+        answered = [w for w in self.burst.webhooks if w.seq not in self.failures]
+        # Superseded webhooks take part in the audit: a webhook is superseded
+        # only by a later one on all of its keys, so the last webhook of a
+        # key always runs, and its orders must be the key's open ones.
+        findings = audit(self.exchange, self.store, answered)
         log = self.handler.log
+        ran = [w for w in answered if w.seq not in self.superseded]
         latencies = sorted(
-            (log.times[w.name].finished or 0.0) - self.arrived[w.seq] for w in applied if w.name in log.times
+            (log.times[w.name].finished or 0.0) - self.arrived[w.seq] for w in ran if w.name in log.times
         )
         failures: dict[str, int] = {}
         for error in self.failures.values():
@@ -154,10 +176,12 @@ class Harness:
             overlaps=log.overlaps,
             keys=len(self.burst.keys),
             seconds=seconds,
-            throughput=len(applied) / seconds if seconds > 0 else math.inf,
+            throughput=len(answered) / seconds if seconds > 0 else math.inf,
             p50_ms=percentile(latencies, 0.50) * 1000,
             p99_ms=percentile(latencies, 0.99) * 1000,
             failures=failures,
+            superseded=len(self.superseded),
+            exchange_calls=self.exchange.calls,
         )
 
 
@@ -167,21 +191,27 @@ ModeRunner = Callable[[Burst, DemoOptions, Progress], ModeResult]
 
 MODES: dict[str, ModeRunner] = {}
 
-#: Modes that need PostgreSQL: left out of a run unless named with
-#: ``--mode`` (or ``--distributed``), and given ``options.dsn``.
+#: Modes left out of a default run: they run when named with ``--mode``
+#: (or added by ``--supersede``, ``--distributed``).
+OPT_IN_MODES: set[str] = set()
+
+#: Modes that need PostgreSQL (all opt-in), given ``options.dsn``.
 POSTGRES_MODES: set[str] = set()
 
 
-def register_mode(name: str, runner: ModeRunner, *, postgres: bool = False) -> None:
-    """Add a mode; the table shows modes in registration order.
+def register_mode(name: str, runner: ModeRunner, *, opt_in: bool = False, postgres: bool = False) -> None:
+    """Add a mode; the default run shows its modes in registration order.
 
-    A ``postgres`` mode is listed (``--mode`` accepts it) but runs only when
-    asked for, so the default demo needs no database. ``main`` starts one
-    embedded server for all of them unless ``--dsn`` names a database.
+    An ``opt_in`` mode is listed (``--mode`` accepts it) but runs only when
+    asked for. A ``postgres`` mode is opt-in, so the default demo needs no
+    database; ``main`` starts one embedded server for all of them unless
+    ``--dsn`` names a database.
     """
     if name in MODES:
         raise ValueError(f"mode {name!r} is already registered")
     MODES[name] = runner
+    if opt_in or postgres:
+        OPT_IN_MODES.add(name)
     if postgres:
         POSTGRES_MODES.add(name)
 
@@ -219,16 +249,27 @@ def _run_locks(burst: Burst, options: DemoOptions, progress: Progress) -> ModeRe
 
 
 def _run_keyed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
+    return _run_dispatcher(burst, options, progress, "keyed", supersede=False)
+
+
+def _run_keyed_latest(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
+    return _run_dispatcher(burst, options, progress, "keyed-latest", supersede=True)
+
+
+def _run_dispatcher(
+    burst: Burst, options: DemoOptions, progress: Progress, mode: str, *, supersede: bool
+) -> ModeResult:
     harness = Harness(burst, options, progress)
     # An explicit config: the demo's figures must not depend on the
     # environment's KEYED_DISPATCH_* variables.
     config = DispatcherConfig(max_workers=options.threads, wait_warning=None)
     with KeyedDispatcher(config=config, name="demo") as dispatcher:
+        submitter = dispatcher.options(supersede=True) if supersede else dispatcher
         harness.fire(
-            lambda webhook: dispatcher.submit_multi(webhook.keys, harness.handler.handle, webhook),
+            lambda webhook: submitter.submit_multi(webhook.keys, harness.handler.handle, webhook),
             lambda webhook, future: future.result(),
         )
-    return harness.result("keyed")
+    return harness.result(mode)
 
 
 def _run_distributed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
@@ -246,11 +287,12 @@ def _run_distributed_unsafe(burst: Burst, options: DemoOptions, progress: Progre
 register_mode("unsafe", _run_unsafe)
 register_mode("locks", _run_locks)
 register_mode("keyed", _run_keyed)
+register_mode("keyed-latest", _run_keyed_latest, opt_in=True)
 register_mode("distributed-unsafe", _run_distributed_unsafe, postgres=True)
 register_mode("distributed", _run_distributed, postgres=True)
 
 #: The modes whose rows must be clean; ``main`` exits 1 otherwise.
-CHECKED_MODES = ("keyed", "distributed")
+CHECKED_MODES = ("keyed", "keyed-latest", "distributed")
 
 
 # -- output -----------------------------------------------------------------
@@ -262,6 +304,8 @@ _COLUMNS = (
     ("overlapping", "{r.overlaps}"),
     ("out-of-order", "{r.out_of_order}/{r.webhooks}"),
     ("failed", "{r.failed}"),
+    ("superseded", "{r.superseded}"),
+    ("exchange calls", "{calls}"),
     ("webhooks/s", "{r.throughput:.1f}"),
     ("p50 ms", "{r.p50_ms:.0f}"),
     ("p99 ms", "{r.p99_ms:.0f}"),
@@ -271,7 +315,9 @@ _COLUMNS = (
 def format_table(results: Sequence[ModeResult]) -> str:
     """The results as an aligned text table, one row per mode."""
     rows = [[head for head, _ in _COLUMNS]]
-    rows += [[cell.format(r=result) for _, cell in _COLUMNS] for result in results]
+    for result in results:
+        calls = "-" if result.exchange_calls is None else str(result.exchange_calls)
+        rows.append([cell.format(r=result, calls=calls) for _, cell in _COLUMNS])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = []
     for n, row in enumerate(rows):
@@ -310,14 +356,16 @@ def missing_postgres_extra(*, embedded: bool) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the demo; exit 1 if the ``keyed`` or ``distributed`` mode shows any error."""
+    """Run the demo; exit 1 if a mode of :data:`CHECKED_MODES` shows any error."""
     defaults = DemoOptions()
     parser = argparse.ArgumentParser(
         prog="python -m keyed_dispatch demo",
         description="Fire one burst of webhooks at the webhook handler three ways: uncoordinated "
         "(unsafe), under the lock-manager design's lock per key (locks) and through KeyedDispatcher "
-        "(keyed); print one row per mode. --distributed adds the same burst across processes through "
-        "PostgreSQL (distributed; needs the postgres-embedded extra, or the postgres extra and --dsn).",
+        "(keyed); print one row per mode. --supersede adds KeyedDispatcher with supersede, where each "
+        "key applies only its latest queued webhook (keyed-latest). --distributed adds the same burst "
+        "across processes through PostgreSQL (distributed; needs the postgres-embedded extra, or the "
+        "postgres extra and --dsn).",
     )
     parser.add_argument("--webhooks", type=int, default=defaults.webhooks, help="webhooks in the burst")
     parser.add_argument("--keys", type=int, default=defaults.keys, help="(strategy, symbol) keys")
@@ -327,6 +375,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--multi", type=float, default=defaults.multi, help="share of 2-symbol webhooks")
     parser.add_argument(
         "--mode", action="append", choices=list(MODES), help="run only this mode (repeatable)"
+    )
+    parser.add_argument(
+        "--supersede",
+        action="store_true",
+        help="also run the burst with options(supersede=True): only the latest webhook per key runs "
+        "(the keyed-latest row)",
     )
     parser.add_argument(
         "--distributed",
@@ -366,9 +420,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
     burst = make_burst(options)
     progress = Progress(sys.stderr)
-    names = list(args.mode or [name for name in MODES if name not in POSTGRES_MODES])
-    if args.distributed and "distributed" not in names:
-        names.append("distributed")
+    names = list(args.mode or [name for name in MODES if name not in OPT_IN_MODES])
+    for flag, name in ((args.supersede, "keyed-latest"), (args.distributed, "distributed")):
+        if flag and name not in names:
+            names.append(name)
     with contextlib.ExitStack() as stack:
         if POSTGRES_MODES.intersection(names):
             missing = missing_postgres_extra(embedded=options.dsn is None)

@@ -128,9 +128,15 @@ class ModeResult:
         overlaps: times a webhook began on a key another one was still on.
         keys: keys in the burst.
         seconds: from the first arrival to the last completion.
-        throughput: completed webhooks per second.
-        p50_ms, p99_ms: arrival-to-completion latency percentiles.
+        throughput: webhooks answered (applied or superseded) per second.
+        p50_ms, p99_ms: arrival-to-completion latency percentiles of the
+            webhooks that ran.
         failures: the failures by exception type.
+        superseded: webhooks that never ran because a later webhook on
+            their keys superseded them (``options(supersede=True)``); not
+            an error.
+        exchange_calls: calls made to the exchange; None where the mode
+            cannot count them (calls made in other processes).
     """
 
     mode: str
@@ -146,10 +152,12 @@ class ModeResult:
     p50_ms: float
     p99_ms: float
     failures: dict[str, int] = field(default_factory=dict)
+    superseded: int = 0
+    exchange_calls: int | None = None
 
     @property
     def errors(self) -> int:
-        """The sum of the error columns; a correct mode shows 0."""
+        """The sum of the error columns; a correct mode shows 0 (superseded webhooks are not errors)."""
         return self.failed + self.disagreeing_keys + self.stale_keys + self.out_of_order + self.overlaps
 
 

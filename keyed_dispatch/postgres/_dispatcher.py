@@ -797,6 +797,13 @@ class PostgresDispatcher:
             paused_keys=int(paused),
         )
 
+    def _metrics(self, bounds: tuple[float, ...], top_keys: int) -> tuple[Any, ...]:
+        # The raw figures keyed_dispatch.metrics exports (see the "metrics"
+        # statement), in one round trip.
+        negated = sorted(-bound for bound in bounds)
+        n = len(bounds)
+        return self._call(self._q.metrics, (n, negated, n, negated, top_keys))[0]
+
     def close(self) -> None:
         """Stop the result listener and close the connections. Idempotent.
 

@@ -830,6 +830,32 @@ _STATEMENTS = {
         (SELECT max(version) FROM {s}.migrations),
         (SELECT count(*) FROM {s}.jobs WHERE state = 'queued' AND not_before > clock_timestamp()),
         (SELECT count(*) FROM {s}.paused_keys)""",
+    # For keyed_dispatch.metrics: over the retained jobs, O(their number).
+    # Parameters: the negated bucket bounds, ascending (so that width_bucket
+    # counts the bounds at or above a value: Prometheus le is inclusive),
+    # their number, and how many of the deepest keys. Histograms come back
+    # as {bucket index: count}, index 0 to len(bounds) (above the last).
+    "metrics": """WITH t AS (
+            SELECT extract(epoch FROM started_at - submitted_at)::float8 AS wait,
+                   extract(epoch FROM finished_at - started_at)::float8 AS run
+              FROM {s}.jobs WHERE started_at IS NOT NULL)
+        SELECT
+        (SELECT coalesce(json_object_agg(state, n), '{{}}')
+           FROM (SELECT state, count(*) AS n FROM {s}.jobs GROUP BY state) AS c),
+        (SELECT coalesce(json_agg(json_build_array(error_type, n)), '[]')
+           FROM (SELECT coalesce(error_type, '<other>') AS error_type, count(*) AS n FROM {s}.jobs
+                 WHERE state = 'failed' GROUP BY 1 ORDER BY n DESC, 1 LIMIT 32) AS f),
+        (SELECT coalesce(json_object_agg(i, n), '{{}}')
+           FROM (SELECT %s - width_bucket(-wait, %s::float8[]) AS i, count(*) AS n FROM t GROUP BY 1) AS w),
+        (SELECT coalesce(sum(wait), 0)::float8 FROM t),
+        (SELECT coalesce(json_object_agg(i, n), '{{}}')
+           FROM (SELECT %s - width_bucket(-run, %s::float8[]) AS i, count(*) AS n FROM t
+                 WHERE run IS NOT NULL GROUP BY 1) AS r),
+        (SELECT coalesce(sum(run), 0)::float8 FROM t WHERE run IS NOT NULL),
+        (SELECT count(DISTINCT key) FROM {s}.job_keys),
+        (SELECT coalesce(json_agg(json_build_array(key, n)), '[]')
+           FROM (SELECT key, count(*) AS n FROM {s}.job_keys
+                 GROUP BY key ORDER BY n DESC, key LIMIT %s) AS h)""",
     "version": "SELECT max(version) FROM {s}.migrations",
     "create_schema": "CREATE SCHEMA IF NOT EXISTS {s}",
     "create_migrations": (
@@ -868,6 +894,7 @@ class Statements:
     listen_done: str
     results: str
     stats: str
+    metrics: str
     version: str
     create_schema: str
     create_migrations: str

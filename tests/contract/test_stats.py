@@ -125,6 +125,9 @@ def test_every_counter_of_a_snapshot(make_runner: MakeRunner) -> None:
         "retries": 0,
         "in_backoff": 0,
         "paused_keys": 0,
+        "failures": (),
+        "wait": None,
+        "run": None,
     }
     assert (final.completed, final.running, final.active_shards, final.closed) == (2, 0, 0, True)
     assert "closed" in repr(r)

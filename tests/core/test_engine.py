@@ -250,3 +250,57 @@ def test_release_counts_each_outcome(outcome: int) -> None:
     stats = engine.stats(DispatcherConfig(), workers=0, idle_workers=0, closed=True)
     assert (stats.completed, stats.failed, stats.cancelled) == tuple(int(outcome == o) for o in range(3))
     assert stats.closed
+
+
+def test_runnable_jobs_lists_what_take_would_start_in_its_order() -> None:
+    engine = Engine(halt_on_error=False)
+    a1, b1, a2, ab, c1 = job("a"), job("b"), job("a"), job("a", "b"), job("c")
+    for j in (a1, b1, a2, ab, c1):
+        engine.admit(j, 0.0)
+    assert engine.runnable_jobs() == [a1, b1, c1]
+    assert engine.kill(b1, CANCELLED)  # killed while runnable: no longer listed
+    assert engine.runnable_jobs() == [a1, c1]
+    assert engine.take(0.0) is a1
+    assert engine.runnable_jobs() == [c1]
+
+
+def test_take_job_starts_a_chosen_runnable_job_ahead_of_older_ones() -> None:
+    engine = Engine(halt_on_error=False)
+    a, b, c = job("a"), job("b"), job("c")
+    for j in (a, b, c):
+        engine.admit(j, 0.0)
+    assert engine.take_job(c, 2.0) is c
+    assert (c.state, c.waited, c.error) == (RUNNING, 2.0, None)
+    assert engine.runnable_jobs() == [a, b]
+    assert engine.take(2.0) is a  # the others keep their order
+    engine.release(c, COMPLETED)
+    assert engine.take(2.0) is b
+    assert engine.take(2.0) is None
+
+
+def test_take_job_refuses_a_job_that_is_not_runnable() -> None:
+    engine = Engine(halt_on_error=False)
+    first, second, block = job("k"), job("k"), job("x", block=True)
+    for j in (first, second, block):
+        engine.admit(j, 0.0)
+    with pytest.raises(ValueError, match="not runnable"):
+        engine.take_job(second, 0.0)  # waits for ``first``
+    with pytest.raises(ValueError, match="not runnable"):
+        engine.take_job(block, 0.0)  # an exclusive block is granted by take_block
+    engine.take_job(first, 0.0)
+    with pytest.raises(ValueError, match="not runnable"):
+        engine.take_job(first, 0.0)  # already running
+    assert second.state == QUEUED
+
+
+def test_take_job_sets_the_error_of_a_job_on_a_halted_key() -> None:
+    engine = Engine(halt_on_error=True)
+    failing_job, halted, free = job("k"), job("k"), job("f")
+    for j in (failing_job, halted, free):
+        engine.admit(j, 0.0)
+    engine.take_job(failing_job, 0.0)
+    engine.release(failing_job, FAILED, ValueError("boom"))
+    assert engine.runnable_jobs() == [halted, free]
+    engine.take_job(halted, 1.0)
+    assert isinstance(halted.error, KeyHalted)
+    assert isinstance(halted.error.__cause__, ValueError)

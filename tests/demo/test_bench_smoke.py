@@ -216,3 +216,15 @@ def test_suite_runs_as_a_module_from_the_checkout() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m benchmarks.suite")
     assert "OrderedExecutor" in done.stdout  # the help names the baselines
+
+
+def test_the_metrics_benchmark_prints_a_ratio_per_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = importlib.import_module("benchmarks.bench_metrics")
+    assert bench.main(["--jobs", "200", "--reps", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["workload", "off", "jobs/s", "on", "jobs/s", "on/off"]
+    assert [line.split()[0] for line in lines[1:-1]] == ["thread-noop", "async-run", "async-submit"]
+    for line in lines[1:-1]:
+        assert float(line.split()[-1]) > 0
+    assert lines[-1].startswith("worst on/off ratio ")
+    assert "(200 jobs, 1 reps)" in lines[-1]

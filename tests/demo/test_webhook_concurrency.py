@@ -2,14 +2,16 @@
 
 Runs ``python -m keyed_dispatch demo`` small and asserts what the demo
 claims: ``keyed`` is clean on every run, ``unsafe`` leaves the exchange and
-the database disagreeing, and the lock-manager design's lock per key
-serializes but applies webhooks out of arrival order.
+the database disagreeing, the lock-manager design's lock per key
+serializes but applies webhooks out of arrival order, and ``keyed-latest``
+(supersede) is as clean as ``keyed`` with far fewer exchange calls.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
@@ -74,6 +76,44 @@ def test_keyed_is_clean_where_unsafe_and_locks_fail() -> None:
         assert 0 < result.p50_ms <= result.p99_ms
 
 
+@pytest.mark.slow
+def test_keyed_latest_supersedes_queued_webhooks_and_stays_clean() -> None:
+    # One symbol per webhook, so the exchange calls can be counted: each
+    # webhook lists the key's open orders (1 call), cancels the previous
+    # webhook's 2 orders (none for the first on its key) and places 2.
+    options = replace(SMALL, multi=0.0)
+    burst = make_burst(options)
+    used_keys = len({key for webhook in burst.webhooks for key in webhook.keys})
+    keyed = run_mode("keyed", burst, options)
+    latest = run_mode("keyed-latest", burst, options)
+    assert keyed.errors == latest.errors == 0
+    assert (latest.failed, latest.disagreeing_keys, latest.stale_keys) == (0, 0, 0)
+    assert (latest.out_of_order, latest.overlaps) == (0, 0)
+    assert keyed.superseded == 0
+    assert keyed.exchange_calls == 5 * 120 - 2 * used_keys
+    # Only the webhooks that ran called the exchange, and every key's last
+    # webhook ran (stale_keys == 0 above).
+    ran = 120 - latest.superseded
+    assert latest.exchange_calls == 5 * ran - 2 * used_keys
+    # 32 request threads on 8 keys keep about three webhooks queued behind
+    # the running one on every key, and each arrival supersedes them: 96 to
+    # 101 of the 120 were superseded in each of 5 measured runs. One is all
+    # that is asserted.
+    assert latest.superseded >= 1
+    assert latest.exchange_calls < keyed.exchange_calls
+
+
+@pytest.mark.slow
+def test_keyed_latest_with_two_symbol_webhooks_keeps_the_audit_clean() -> None:
+    burst = make_burst(SMALL)
+    latest = run_mode("keyed-latest", burst, SMALL)
+    assert latest.errors == 0
+    assert latest.superseded >= 1  # 100 or 101 of 120 in 5 measured runs
+    assert latest.exchange_calls is not None
+    assert latest.webhooks == 120
+    assert 0 < latest.p50_ms <= latest.p99_ms
+
+
 def _contention_burst(groups: int) -> Burst:
     # Each group is three webhooks on one strategy's symbols A and B:
     #   #0 on A, #1 on A and B, #2 on B, arriving in that order.
@@ -128,9 +168,11 @@ def test_cli_prints_a_table_and_progress(capsys: pytest.CaptureFixture[str]) -> 
     lines = out.splitlines()
     assert lines[0].startswith("40 webhooks on 4 keys, 8 request threads, 1 ms per exchange call")
     assert lines[1].split()[:3] == ["mode", "exchange!=DB", "keys"]
+    assert "  failed  superseded  exchange calls  webhooks/s" in lines[1]
     assert [line.split()[0] for line in lines[3:]] == ["unsafe", "locks", "keyed"]
     keyed_row = lines[5].split()
-    assert keyed_row[1:5] == ["0/4", "0/4", "0", "0/40"]
+    assert keyed_row[1:7] == ["0/4", "0/4", "0", "0/40", "0", "0"]
+    assert int(keyed_row[7]) > 40  # exchange calls
     # Progress goes to stderr, a line per quarter when it is not a terminal.
     assert "keyed: firing 40 webhooks" in err
     assert "keyed: 10/40 webhooks done" in err
@@ -147,14 +189,42 @@ def test_cli_json_output_for_one_mode(capsys: pytest.CaptureFixture[str]) -> Non
     assert row["mode"] == "keyed"
     assert row["webhooks"] == 12
     assert row["failed"] == row["disagreeing_keys"] == row["stale_keys"] == row["out_of_order"] == 0
+    assert row["superseded"] == 0
+    assert row["exchange_calls"] >= 12
 
 
-def test_cli_exits_1_when_keyed_shows_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_keyed(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
-        return ModeResult("keyed", len(burst.webhooks), 0, 1, 0, 0, 0, len(burst.keys), 1.0, 1.0, 1.0, 1.0)
+@pytest.mark.slow
+def test_supersede_flag_adds_the_keyed_latest_row(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--webhooks", "12", "--keys", "2", "--latency-ms", "0", "--json"]
+    assert demo.main([*argv, "--mode", "keyed", "--supersede"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [row["mode"] for row in rows] == ["keyed", "keyed-latest"]
+    latest = rows[1]
+    assert latest["failed"] == latest["stale_keys"] == latest["disagreeing_keys"] == 0
+    assert 0 <= latest["superseded"] < 12
+    assert latest["exchange_calls"] <= rows[0]["exchange_calls"]
+    # Opt-in: not in a default run, which --supersede extends.
+    assert demo.main(argv) == 0
+    assert "keyed-latest" not in capsys.readouterr().out
+    assert demo.main([*argv, "--supersede"]) == 0
+    modes = [row["mode"] for row in json.loads(capsys.readouterr().out)["results"]]
+    assert modes == ["unsafe", "locks", "keyed", "keyed-latest"]
+    assert {"keyed-latest"} | demo.POSTGRES_MODES == demo.OPT_IN_MODES
 
-    monkeypatch.setitem(demo.MODES, "keyed", broken_keyed)
-    assert demo.main(["--webhooks", "3", "--mode", "keyed", "--json"]) == 1
+
+@pytest.mark.parametrize("mode", ["keyed", "keyed-latest"])
+def test_cli_exits_1_when_a_checked_mode_shows_an_error(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(burst: Burst, options: DemoOptions, progress: Progress) -> ModeResult:
+        return ModeResult(mode, len(burst.webhooks), 0, 1, 0, 0, 0, len(burst.keys), 1.0, 1.0, 1.0, 1.0)
+
+    monkeypatch.setitem(demo.MODES, mode, broken)
+    assert demo.main(["--webhooks", "3", "--mode", mode, "--json"]) == 1
+
+
+def test_superseded_webhooks_are_not_errors() -> None:
+    result = ModeResult("keyed-latest", 10, 0, 0, 0, 0, 0, 2, 1.0, 1.0, 1.0, 1.0, superseded=9)
+    assert result.errors == 0
+    assert replace(result, failed=1).errors == 1
 
 
 def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:

@@ -205,3 +205,23 @@ def test_cancelling_an_inherited_future_in_a_forked_child() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert json.loads(out.stdout) == {"status": 0, "parent": "parent"}
+
+
+def test_a_job_waiting_for_a_later_job_of_its_own_key_is_refused(make_dispatcher: MakeDispatcher) -> None:
+    d = make_dispatcher(2)
+    seen: list[BaseException] = []
+
+    def outer() -> str:
+        inner = d.submit("k", lambda: "inner")
+        other = d.submit("other", lambda: "other")
+        try:
+            inner.result(WAIT)
+        except RuntimeError as exc:
+            seen.append(exc)
+        assert other.result(WAIT) == "other"  # another key: a wait that can end
+        return "outer"
+
+    assert d.submit("k", outer).result(WAIT) == "outer"
+    assert len(seen) == 1
+    assert "would deadlock" in str(seen[0])
+    settle(d)

@@ -92,3 +92,27 @@ def test_hot_key_gives_up_one_turn_per_batch_not_its_place(
     # jobs, then cold0; then HOT_BATCH hot jobs before each next cold job.
     first = HOT_BATCH - 1
     assert cold_positions == [first + n * (HOT_BATCH + 1) for n in range(5)], cold_positions
+
+
+def test_job_ids_stay_unique_when_a_hot_key_yields_its_turn(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # A hot key that used up its batch is queued behind a waiting job with a
+    # place between two admission numbers; its job id must not change.
+    d = make_dispatcher(1)
+    gate = gates.new()
+    ids: list[str] = []
+
+    def record() -> None:
+        context = d.current_job()
+        assert context is not None
+        ids.append(context.job_id)
+
+    d.submit("gate", gate.wait, WAIT)
+    futures = [d.submit("hot", record) for _ in range(3 * HOT_BATCH)]
+    futures += [d.submit(f"cold-{i}", record) for i in range(3)]
+    gate.set()
+    for future in futures:
+        future.result(WAIT)
+    assert len(set(ids)) == len(ids) == len(futures)
+    assert all(job_id.rsplit("-", 1)[1].isdigit() for job_id in ids)
