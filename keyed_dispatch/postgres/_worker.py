@@ -155,10 +155,11 @@ def run_worker(
         wait_warning: log a WARNING for a job that waited this long to start.
         name: the worker's name in the database (default ``host:pid:n``).
         stop: set it to stop the worker (the CLI sets it on SIGTERM/SIGINT).
-        burst: return once nothing is runnable, running or left to record.
+        burst: return once nothing is runnable, running, left to record or
+            waiting for a retry this worker scheduled.
 
     Returns:
-        The number of jobs this worker ran.
+        The number of jobs this worker ran (each attempt of a retried job counts).
 
     Raises:
         DatabaseUnavailable: the first connection failed.

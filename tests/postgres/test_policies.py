@@ -235,6 +235,15 @@ def test_a_retry_is_not_subject_to_the_start_timeout(
         assert future.result(20)["attempt"] == 2
 
 
+def test_a_burst_worker_waits_for_the_retries_it_scheduled(pg_dsn: str, pg_schema: str) -> None:
+    kw = _events_kw(pg_dsn, pg_schema)
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.1) as d:
+        future = d.options(retry=QUICK).submit("k", SCRIPTED, ["fail"], **kw)
+        # Nothing runnable during the backoff; the worker returns after the retry.
+        assert run_worker(pg_dsn, schema=pg_schema, burst=True, poll_interval=5.0) == 2
+        assert future.result(20)["attempt"] == 2
+
+
 # -- per-job start timeouts ------------------------------------------------------------
 
 
