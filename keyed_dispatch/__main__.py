@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (".demo._harness", "reproduce the webhook race three ways and print the table"),
     "worker": (".postgres._cli", "run jobs from a PostgreSQL queue (needs the postgres extra)"),
+    "keys": (".postgres._keys_cli", "list, inspect, pause, resume or cancel the keys of a PostgreSQL queue"),
 }
 
 

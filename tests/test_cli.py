@@ -71,16 +71,17 @@ def test_demo_runs_from_the_demo_package() -> None:
 
 
 @pytest.mark.slow
-def test_worker_without_psycopg_prints_one_line_naming_the_extra() -> None:
+@pytest.mark.parametrize("command", [["worker"], ["keys", "list"]])
+def test_postgres_commands_without_psycopg_print_one_line_naming_the_extra(command: list[str]) -> None:
     code = (
         "import sys; sys.modules['psycopg'] = None; from keyed_dispatch.__main__ import main; "
-        "sys.exit(main(['worker', '--dsn', 'postgresql:///nowhere']))"
+        f"sys.exit(main({[*command, '--dsn', 'postgresql:///nowhere']!r}))"
     )
     proc = subprocess.run(  # noqa: S603 - our interpreter, fixed code
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert proc.returncode == 2
     [line] = proc.stderr.splitlines()
-    assert line.startswith("python -m keyed_dispatch worker: keyed_dispatch.postgres needs psycopg 3")
+    assert line.startswith(f"python -m keyed_dispatch {command[0]}: keyed_dispatch.postgres needs psycopg 3")
     assert "pip install 'keyed_dispatch[postgres]'" in line
     assert "pip install -e '.[postgres]'" in line

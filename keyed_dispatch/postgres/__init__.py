@@ -25,16 +25,23 @@ these grants (shown for the default schema and two roles of your naming)::
 
     GRANT USAGE ON SCHEMA keyed_dispatch TO kd_submitter, kd_worker;
     GRANT EXECUTE ON FUNCTION
-        keyed_dispatch.submit(uuid, text[], text, jsonb, jsonb, double precision),
+        keyed_dispatch.submit(uuid, text[], text, jsonb, jsonb, double precision, jsonb, boolean),
         keyed_dispatch.cancel(bigint),
-        keyed_dispatch.expire(integer)
+        keyed_dispatch.expire(integer),
+        keyed_dispatch.pause(text),
+        keyed_dispatch.resume(text),
+        keyed_dispatch.cancel_pending(text),
+        keyed_dispatch.key_info(text, integer),
+        keyed_dispatch.requeue(uuid, bigint)
         TO kd_submitter;
-    GRANT SELECT ON keyed_dispatch.jobs, keyed_dispatch.job_keys, keyed_dispatch.migrations
+    GRANT SELECT ON keyed_dispatch.jobs, keyed_dispatch.job_keys, keyed_dispatch.migrations,
+        keyed_dispatch.paused_keys, keyed_dispatch.dead_letters
         TO kd_submitter;
     GRANT EXECUTE ON FUNCTION
         keyed_dispatch.claim(text, integer, double precision),
         keyed_dispatch.heartbeat(text, bigint[], integer[], double precision),
         keyed_dispatch.finish(bigint, integer, text, jsonb, text, text),
+        keyed_dispatch.fail(bigint, integer, text[], text),
         keyed_dispatch.recover(integer),
         keyed_dispatch.expire(integer),
         keyed_dispatch.prune(double precision, integer)
@@ -44,7 +51,10 @@ these grants (shown for the default schema and two roles of your naming)::
 Neither role can then change a row except through those functions. The
 submitter reads the jobs table (results, ``stats()``): it sees every job's
 arguments and results, so keep secrets out of them or give each tenant its
-own schema.
+own schema. The submitter's grants also cover the key controls (``pause``,
+``resume``, ``cancel_pending``, ``key_info``/``keys``, ``dead_letters``,
+``requeue``) and the ``python -m keyed_dispatch keys`` command; give an
+operator role the same, or split them off.
 
 Durability. A submit returns once its job is committed; that commit
 survives a server crash only with ``synchronous_commit = on`` (the
@@ -64,7 +74,13 @@ except ImportError as _exc:
     ) from _exc
 
 from ._common import MAX_KEY_BYTES, DatabaseUnavailable, JobFailed, key_text, key_value
-from ._dispatcher import PostgresDispatcher, PostgresFuture, PostgresStats
+from ._dispatcher import (
+    PostgresDeadLetter,
+    PostgresDispatcher,
+    PostgresFuture,
+    PostgresOptions,
+    PostgresStats,
+)
 from ._embedded import EmbeddedPostgres
 from ._registry import job_function
 from ._schema import SCHEMA_VERSION
@@ -77,8 +93,10 @@ __all__ = [
     "EmbeddedPostgres",
     "JobContext",
     "JobFailed",
+    "PostgresDeadLetter",
     "PostgresDispatcher",
     "PostgresFuture",
+    "PostgresOptions",
     "PostgresStats",
     "current_job",
     "job_function",

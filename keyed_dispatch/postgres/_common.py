@@ -21,6 +21,8 @@ __all__ = [
     "check_function_name",
     "connect",
     "dump_json",
+    "error_name",
+    "error_names",
     "key_text",
     "key_value",
     "resolve_function",
@@ -43,18 +45,23 @@ class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # named like th
 class JobFailed(KeyedDispatchError, RuntimeError):  # named like the core's errors
     """A job raised in the worker that ran it; set on the submitter's future.
 
+    A job retried in place (``Retry``) fails with the last attempt's error;
+    each earlier attempt's is chained as ``__context__`` of the next one.
+
     Attributes:
         job_id: the job's id in the database.
         error_type: the qualified name of the exception class raised by the
             job (``"ValueError"``, ``"myapp.errors.ExchangeDown"``).
         message: ``str()`` of that exception.
+        attempt: the attempt that raised it (1 for the first; 0 if unknown).
     """
 
-    def __init__(self, job_id: int, error_type: str, message: str) -> None:
+    def __init__(self, job_id: int, error_type: str, message: str, attempt: int = 0) -> None:
         super().__init__(f"job {job_id} failed: {error_type}: {message}")
         self.job_id = job_id
         self.error_type = error_type
         self.message = message
+        self.attempt = attempt
 
 
 #: The longest key text accepted, in UTF-8 bytes: far below what the key
@@ -170,6 +177,22 @@ def _tuples(value: Any) -> Hashable:
     if isinstance(value, list):
         return tuple(_tuples(item) for item in value)
     return value  # type: ignore[no-any-return]
+
+
+def error_name(kind: type[BaseException]) -> str:
+    """The qualified name of an exception class: ``ValueError``, ``myapp.errors.ExchangeDown``.
+
+    Builtins go by their bare name. It is what a job's ``error_type`` reads
+    and how a retry policy's ``on`` classes are matched across processes.
+    """
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def error_names(error: BaseException) -> list[str]:
+    """The names (:func:`error_name`) of ``error``'s class and its exception bases, most derived first."""
+    return [error_name(kind) for kind in type(error).__mro__ if issubclass(kind, BaseException)]
 
 
 def check_function_name(name: object) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import logging
 import math
 import os
@@ -11,14 +13,17 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import asdict, dataclass
+from concurrent.futures import _base as _futures_base
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psycopg
 
 from keyed_dispatch._config import _check_seconds
-from keyed_dispatch._errors import DispatcherClosed, StartTimeout, SubmitTimeout
+from keyed_dispatch._errors import DispatcherClosed, StartTimeout, SubmitTimeout, Superseded
 from keyed_dispatch._keys import KeysText, normalize_keys
+from keyed_dispatch._policies import _UNSET, JobOptions, Retry
+from keyed_dispatch._stats import KeyInfo
 
 from ._common import (
     DatabaseUnavailable,
@@ -26,6 +31,7 @@ from ._common import (
     check_function_name,
     connect,
     dump_json,
+    error_name,
     key_text,
     key_value,
     resolve_function,
@@ -33,7 +39,15 @@ from ._common import (
 from ._registry import function_name, registered_function
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name, lock_class, migrations
 
-__all__ = ["PostgresDispatcher", "PostgresFuture", "PostgresStats", "install_schema", "schema_version"]
+__all__ = [
+    "PostgresDeadLetter",
+    "PostgresDispatcher",
+    "PostgresFuture",
+    "PostgresOptions",
+    "PostgresStats",
+    "install_schema",
+    "schema_version",
+]
 
 logger = logging.getLogger("keyed_dispatch")
 
@@ -58,6 +72,10 @@ class PostgresStats:
         workers: distinct workers running a job now.
         schema_version: the migration version installed.
         awaiting: futures of this dispatcher not resolved yet.
+        superseded: finished jobs retired unstarted by a later job
+            (``supersede``), still retained.
+        in_backoff: of the queued jobs, those waiting for a retry.
+        paused_keys: keys paused now (``pause``).
     """
 
     queued: int
@@ -71,19 +89,52 @@ class PostgresStats:
     workers: int
     schema_version: int
     awaiting: int
+    superseded: int = 0
+    in_backoff: int = 0
+    paused_keys: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """The snapshot as a plain dict (for JSON endpoints and logs)."""
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PostgresDeadLetter:
+    """A job whose retries are exhausted, kept in the database (``dead_letters()``).
+
+    Every job with a retry policy that fails for good leaves one, whichever
+    process submitted it; :meth:`PostgresDispatcher.requeue` queues it again.
+
+    Attributes:
+        job_id: the failed job's id.
+        keys: its keys (read back as by :func:`~keyed_dispatch.postgres.key_value`).
+        func: its ``module:function``; ``args`` and ``kwargs`` its JSON arguments.
+        attempts: how many attempts ran.
+        error: the last attempt's :class:`JobFailed`, earlier ones chained
+            as its ``__context__``.
+        failed_at: when it failed for good (the database's clock, aware).
+    """
+
+    job_id: int
+    keys: tuple[Hashable, ...]
+    func: str
+    args: list[Any]
+    kwargs: dict[str, Any] = field(repr=False)
+    attempts: int
+    error: JobFailed
+    failed_at: datetime.datetime
+
+
 class PostgresFuture(Future[Any]):
     """The future of a job in the database.
 
-    It resolves when the job finishes on whatever worker ran it: with the
-    job's JSON result, :class:`JobFailed` (the job raised), ``StartTimeout``
-    (expired before it started) or cancellation. ``cancel()`` cancels the job
-    in the database if it has not started, and returns False once it has.
+    It resolves once, when the job finishes on whatever worker ran it: with
+    the job's JSON result, :class:`JobFailed` (the job raised; with a retry
+    policy, its last attempt did), ``StartTimeout`` (expired before it
+    started), :class:`~keyed_dispatch.Superseded` (retired unstarted by a
+    later job) or cancellation. ``cancel()`` cancels the job in the database
+    if it is not running (not started, or waiting for a retry), and returns
+    False once it runs or has finished.
     """
 
     def __init__(self, dispatcher: PostgresDispatcher, token: uuid.UUID) -> None:
@@ -94,10 +145,11 @@ class PostgresFuture(Future[Any]):
         self.job_id = 0
 
     def cancel(self) -> bool:
-        """Cancel the job if it has not started (in the whole cluster).
+        """Cancel the job if it is not running (in the whole cluster).
 
-        Returns True if the job will never run (or was already cancelled),
-        False if it has started or finished, as ``Future.cancel`` does.
+        Returns True if the job will never run (again), or was already
+        cancelled; False if it runs now or has finished, as
+        ``Future.cancel`` does. A job waiting for a retry is cancelled.
 
         Raises:
             DatabaseUnavailable: the database cannot be reached to cancel.
@@ -107,7 +159,19 @@ class PostgresFuture(Future[Any]):
         if not self._dispatcher._cancel(self.job_id):
             return self.cancelled()
         self._dispatcher._forget(self._token)
-        return super().cancel()
+        self._settle_cancelled()
+        return self.cancelled()
+
+    def _settle_cancelled(self) -> None:
+        # Cancel and notify, as a pool's worker would, once whoever comes
+        # first (the owner's cancel() or the result listener):
+        # concurrent.futures.wait() and as_completed() count a future
+        # cancelled but not notified as not done. Touches Future's private
+        # state, the same fields in 3.10-3.13.
+        if Future.cancel(self):
+            with self._condition:
+                if self._state == _futures_base.CANCELLED:
+                    self.set_running_or_notify_cancel()
 
 
 class PostgresDispatcher:
@@ -157,6 +221,25 @@ class PostgresDispatcher:
             outside them is refused at submit, nothing is imported, and
             ``verify_functions`` is not consulted.
         max_connections: idle connections kept for submitting threads.
+        retry: the :class:`~keyed_dispatch.Retry` policy of the jobs
+            submitted here (None: a failed job fails at once);
+            ``options(retry=...)`` sets one job's. It is stored with each job
+            and the workers apply it. ``attempts`` counts every start of the
+            job, a re-run after its worker was lost included (each start has
+            its own fencing token). ``on`` crosses processes as the qualified
+            names of its exception classes (``"ConnectionError"``,
+            ``"myapp.errors.ExchangeDown"``), matched against the names of
+            the raised exception's class and its bases: a subclass matches as
+            with ``isinstance``, provided the class has the same module and
+            name in the workers. A predicate (``on=callable``) cannot cross
+            processes: it is refused with a TypeError. Backoff, cap, jitter
+            and ``deadline`` (from the job's first start) are as in-process.
+
+    Key policies, as in the thread dispatcher, hold across the cluster: a
+    retried job keeps the head of its keys, :meth:`options` opts a job in to
+    ``supersede``, and :meth:`pause`, :meth:`resume`, :meth:`cancel_pending`,
+    :meth:`key_info` and :meth:`keys` act on the queue in the database, from
+    any process (``python -m keyed_dispatch keys ...`` too).
     """
 
     def __init__(
@@ -170,6 +253,7 @@ class PostgresDispatcher:
         verify_functions: bool = True,
         functions: Iterable[Callable[..., Any] | str] | None = None,
         max_connections: int = 4,
+        retry: Retry | None = None,
     ) -> None:
         if not isinstance(dsn, str):
             raise TypeError(f"dsn must be a connection string, got {type(dsn).__name__}")
@@ -195,6 +279,9 @@ class PostgresDispatcher:
             )
         )
         self._max_idle = max_connections
+        self._retry = None if retry is None else _retry_json(retry)
+        # Whether some job submitted here may expire (see _poll).
+        self._deadlines = start_timeout is not None
         self._lock = threading.Lock()
         # Guarded by _lock: idle connections, awaited futures, listener state.
         self._idle: list[psycopg.Connection[Any]] = []
@@ -348,7 +435,7 @@ class PostgresDispatcher:
                 no connection could be made again may the job have been
                 queued nonetheless (it then runs; no future follows it).
         """
-        return self._submit((key,), func, args, kwargs)
+        return self._submit((key,), func, args, kwargs, None)
 
     def submit_multi(
         self, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any
@@ -358,11 +445,53 @@ class PostgresDispatcher:
         Duplicate keys collapse; an empty key set is a ValueError. Otherwise
         as :meth:`submit`.
         """
-        return self._submit(keys, func, args, kwargs)
+        return self._submit(keys, func, args, kwargs, None)
+
+    def options(
+        self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET
+    ) -> PostgresOptions:
+        """A view whose ``submit`` and ``submit_multi`` apply these options to their jobs.
+
+        ``submit(key, func, /, *args, **kwargs)`` passes its keyword
+        arguments to the job, so per-submission options need a door of
+        their own::
+
+            d.options(retry=Retry(3), supersede=True).submit(key, "myapp.tasks:sync", symbol)
+
+        Args:
+            retry: this job's retry policy instead of the dispatcher's (as
+                the constructor's ``retry``).
+            supersede: at its admission (in the submit's transaction), the
+                job retires every earlier job that also opted in, has never
+                started, and whose keys are all among its keys: those never
+                run and their futures fail with
+                :class:`~keyed_dispatch.Superseded`. A running job, or one
+                waiting for a retry, is never touched; a job that did not opt
+                in is never superseded.
+            start_timeout: this job's start timeout instead of the
+                dispatcher's (None: no limit).
+
+        Raises:
+            TypeError, ValueError: a bad option (a retry predicate too).
+        """
+        options = JobOptions(retry=retry, supersede=supersede, start_timeout=start_timeout)
+        return PostgresOptions(self, options, None if retry is None else _retry_json(retry))
 
     def _submit(
-        self, keys: Iterable[Hashable], func: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        keys: Iterable[Hashable],
+        func: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: tuple[JobOptions, str | None] | None,
     ) -> PostgresFuture:
+        # ``options``: a view's options and its retry policy's JSON.
+        if options is None:
+            start_timeout, retry, supersede = self._start_timeout, self._retry, False
+        else:
+            start_timeout = options[0].start_timeout_or(self._start_timeout)
+            retry = self._retry if options[1] is None else options[1]
+            supersede = options[0].supersede
         keys = normalize_keys(keys)
         # Keys equal in-process (1 and 1.0) have one text: they collapse here too.
         texts = list(dict.fromkeys(map(key_text, keys)))
@@ -372,27 +501,13 @@ class PostgresDispatcher:
             self._verified.add(func)
         args_json = dump_json(list(args), "job arguments")
         kwargs_json = dump_json(kwargs, "job keyword arguments")
-        token = uuid.uuid4()
-        future = PostgresFuture(self, token)
+        if start_timeout is not None:
+            self._deadlines = True
         started = time.monotonic()
-        with self._lock:
-            self._after_fork()
-            # Registered first: the job may finish before the submit returns.
-            self._futures[token] = future
-        try:
-            rows = self._call(
-                self._q.submit, (token, texts, func, args_json, kwargs_json, self._start_timeout)
-            )
-        except BaseException:
-            self._forget(token)
-            raise
-        job_id = future.job_id = int(rows[0][0])
-        with self._lock:
-            if self._listener is None and not self._closed:
-                self._listener = threading.Thread(
-                    target=self._listen, args=(self._stop,), name="keyed-dispatch-results", daemon=True
-                )
-                self._listener.start()
+        future = self._queue(
+            self._q.submit, (texts, func, args_json, kwargs_json, start_timeout, retry, supersede)
+        )
+        job_id = future.job_id
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug(
                 "submitted job %d on %s (%.1f ms)",
@@ -400,6 +515,28 @@ class PostgresDispatcher:
                 KeysText(keys),
                 (time.monotonic() - started) * 1000,
             )
+        return future
+
+    def _queue(self, statement: str, params: tuple[Any, ...]) -> PostgresFuture:
+        """Run ``statement`` (token first, then ``params``) to queue a job; its future."""
+        token = uuid.uuid4()
+        future = PostgresFuture(self, token)
+        with self._lock:
+            self._after_fork()
+            # Registered first: the job may finish before the submit returns.
+            self._futures[token] = future
+        try:
+            rows = self._call(statement, (token, *params))
+        except BaseException:
+            self._forget(token)
+            raise
+        future.job_id = int(rows[0][0])
+        with self._lock:
+            if self._listener is None and not self._closed:
+                self._listener = threading.Thread(
+                    target=self._listen, args=(self._stop,), name="keyed-dispatch-results", daemon=True
+                )
+                self._listener.start()
         return future
 
     def _check_function(self, func: str) -> None:
@@ -481,11 +618,11 @@ class PostgresDispatcher:
                 wanted = [token for token in tokens if token in self._futures]
         if not wanted:
             return
-        if tokens is None and self._start_timeout is not None:
+        if tokens is None and self._deadlines:
             # Expire overdue jobs even when no worker is alive to do it.
             self._call(self._q.expire)
         rows = self._call(self._q.results, (wanted,))
-        for token, row_id, state, result, error_type, error_message in rows:
+        for token, row_id, state, result, error_type, error_message, keys, attempt, failures in rows:
             with self._lock:
                 future = self._futures.pop(token, None)
             if future is None or future.done():
@@ -495,12 +632,13 @@ class PostgresDispatcher:
                 if state == "completed":
                     future.set_result(result)
                 elif state == "failed":
-                    future.set_exception(JobFailed(job_id, error_type, error_message))
+                    future.set_exception(_job_failed(job_id, error_type, error_message, attempt, failures))
                 elif state == "expired":
                     future.set_exception(StartTimeout(f"job {job_id}: {error_message}"))
+                elif state == "superseded":
+                    future.set_exception(Superseded(tuple(map(key_value, keys))))
                 elif state == "cancelled":
-                    Future.cancel(future)
-                    future.set_running_or_notify_cancel()
+                    future._settle_cancelled()
                 else:
                     future.set_exception(
                         JobFailed(
@@ -509,6 +647,126 @@ class PostgresDispatcher:
                     )
             except InvalidStateError:
                 pass  # cancelled by its owner in the meantime; nothing to deliver
+
+    # -- key policies -------------------------------------------------------
+
+    def pause(self, key: Hashable) -> bool:
+        """Hold ``key`` across the cluster: none of its jobs starts until :meth:`resume`.
+
+        Its queued jobs and the ones submitted later wait; they do not fail,
+        and their start deadlines still apply. A job of the key running now
+        finishes; a job waiting for a retry is not retried while the pause
+        lasts. Once this returns, no worker starts a job of the key. Pausing a
+        key with no work holds it paused for the jobs to come.
+
+        Returns:
+            True if the key was not paused already.
+
+        Raises:
+            TypeError, ValueError: a key that cannot be stored (see ``key_text``).
+            DatabaseUnavailable: the database cannot be reached.
+        """
+        return bool(self._call(self._q.pause, (key_text(key),))[0][0])
+
+    def resume(self, key: Hashable) -> bool:
+        """Lift the pause of ``key``; its jobs may start again (the workers are woken).
+
+        This mode has no halts (a failed job never stops its key), so a
+        resume only lifts a pause.
+
+        Returns:
+            True if the key was paused.
+        """
+        return bool(self._call(self._q.resume, (key_text(key),))[0][0])
+
+    def cancel_pending(self, key: Hashable) -> int:
+        """Cancel every job of ``key`` that is not running; return how many.
+
+        Their futures (in any process) are cancelled, a job waiting for a
+        retry's too; the job running now, if any, is not touched. Other keys
+        of a multi-key job move on as well. Jobs submitted while this runs
+        may be left queued.
+        """
+        return int(self._call(self._q.cancel_pending, (key_text(key),))[0][0])
+
+    def key_info(self, key: Hashable) -> KeyInfo:
+        """A snapshot of ``key`` in the queue: pending jobs, running, oldest wait, paused, in backoff.
+
+        ``pending`` counts the queued jobs not waiting for a retry;
+        ``halted`` is always False (this mode has no halts). A key with no
+        work reads as empty.
+        """
+        text = key_text(key)
+        for row in self._call(self._q.key_info, (text, None)):
+            return _key_info(key, row)
+        return KeyInfo(key, 0, False, 0.0, False, False, False)
+
+    def keys(self, limit: int | None = None) -> list[KeyInfo]:
+        """Snapshots of the live keys (with unfinished jobs, or paused), deepest first.
+
+        Keys read back as :func:`~keyed_dispatch.postgres.key_value` reads
+        them (tuples as plain tuples).
+
+        Args:
+            limit: at most this many (the deepest).
+
+        O(unfinished jobs) in the database: for an operator, not a hot path.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        return [_key_info(key_value(row[0]), row) for row in self._call(self._q.key_info, (None, limit))]
+
+    def dead_letters(self, limit: int | None = None) -> list[PostgresDeadLetter]:
+        """The jobs whose retries are exhausted and that were not requeued, oldest first.
+
+        A job leaves a dead letter when it had a retry policy (the
+        dispatcher's or its own) and failed for good: its attempts ran out,
+        its error was not one the policy retries, or the policy's deadline
+        passed. Dead letters are not pruned with finished jobs; requeue them
+        (:meth:`requeue`) or delete their rows (``DELETE FROM
+        <schema>.dead_letters WHERE job_id = ...``, as the schema's owner).
+
+        Args:
+            limit: at most this many.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValueError(f"limit must be an int >= 0 or None, got {limit!r}")
+        rows = self._call(self._q.dead_letters, (limit,))
+        return [
+            PostgresDeadLetter(
+                job_id=int(job_id),
+                keys=tuple(map(key_value, keys)),
+                func=func,
+                args=args,
+                kwargs=kwargs,
+                attempts=int(attempts),
+                error=_job_failed(int(job_id), error_type, message, int(attempts), failures),
+                failed_at=failed_at,
+            )
+            for job_id, keys, func, args, kwargs, attempts, error_type, message, failures, failed_at in rows
+        ]
+
+    def requeue(self, job_id: int) -> PostgresFuture:
+        """Queue a dead letter's job again, as a new job at the tail of its keys; its future.
+
+        The new job has a new id, the same function, arguments and retry
+        policy, no start timeout, and does not opt in to ``supersede``. The
+        dead letter is removed in the same transaction, so a letter is
+        requeued once.
+
+        Raises:
+            LookupError: no dead letter has this job id (never dead, or
+                requeued already).
+            DatabaseUnavailable: the database cannot be reached.
+        """
+        if isinstance(job_id, bool) or not isinstance(job_id, int):
+            raise TypeError(f"job_id must be an int, got {type(job_id).__name__}")
+        try:
+            future = self._queue(self._q.requeue, (job_id,))
+        except psycopg.errors.NoDataFound as exc:
+            raise LookupError(exc.diag.message_primary or str(exc)) from None
+        logger.info("requeued dead job %d as job %d", job_id, future.job_id)
+        return future
 
     # -- observation and shutdown -------------------------------------------
 
@@ -519,7 +777,7 @@ class PostgresDispatcher:
             DatabaseUnavailable: the database cannot be reached.
         """
         rows = self._call(self._q.stats)
-        counts, oldest, hottest, workers, version = rows[0]
+        counts, oldest, hottest, workers, version, in_backoff, paused = rows[0]
         with self._lock:
             awaiting = len(self._futures)
         return PostgresStats(
@@ -534,6 +792,9 @@ class PostgresDispatcher:
             workers=int(workers),
             schema_version=int(version),
             awaiting=awaiting,
+            superseded=int(counts.get("superseded", 0)),
+            in_backoff=int(in_backoff),
+            paused_keys=int(paused),
         )
 
     def _metrics(self, bounds: tuple[float, ...], top_keys: int) -> tuple[Any, ...]:
@@ -576,6 +837,67 @@ class PostgresDispatcher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class PostgresOptions:
+    """The view of a PostgresDispatcher that ``options()`` returns."""
+
+    __slots__ = ("_dispatcher", "_options")
+
+    def __init__(self, dispatcher: PostgresDispatcher, options: JobOptions, retry: str | None) -> None:
+        self._dispatcher = dispatcher
+        self._options = (options, retry)
+
+    def submit(self, key: Hashable, func: str, /, *args: Any, **kwargs: Any) -> PostgresFuture:
+        """:meth:`PostgresDispatcher.submit` with this view's options."""
+        return self._dispatcher._submit((key,), func, args, kwargs, self._options)
+
+    def submit_multi(
+        self, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any
+    ) -> PostgresFuture:
+        """:meth:`PostgresDispatcher.submit_multi` with this view's options."""
+        return self._dispatcher._submit(keys, func, args, kwargs, self._options)
+
+
+def _retry_json(retry: Retry) -> str:
+    """The JSON a retry policy is stored as, with its job (``on`` as class names).
+
+    Raises:
+        TypeError: ``retry`` is not a Retry, or its ``on`` is a predicate.
+    """
+    if not isinstance(retry, Retry):
+        raise TypeError(f"retry must be a Retry or None, got {type(retry).__name__}")
+    if not isinstance(retry.on, tuple):
+        raise TypeError(
+            "a retry predicate (Retry(on=callable)) cannot cross processes: give the PostgreSQL mode "
+            "Retry(on=...) exception classes, matched by qualified name in the workers"
+        )
+    return json.dumps(
+        {
+            "attempts": retry.attempts,
+            "backoff": retry.backoff,
+            "max_backoff": retry.max_backoff,
+            "jitter": retry.jitter,
+            "on": [error_name(kind) for kind in retry.on],
+            "deadline": retry.deadline,
+        }
+    )
+
+
+def _job_failed(job_id: int, error_type: str, message: str, attempt: int, failures: Any) -> JobFailed:
+    """The JobFailed of a failed job, the failures of its earlier attempts chained."""
+    error = earlier = None
+    for failure in [*failures, {"attempt": attempt, "error_type": error_type, "message": message}]:
+        error = JobFailed(job_id, failure["error_type"], failure["message"], int(failure["attempt"]))
+        error.__context__ = earlier
+        earlier = error
+    assert error is not None
+    return error
+
+
+def _key_info(key: Hashable, row: tuple[Any, ...]) -> KeyInfo:
+    _, pending, running, oldest, paused, in_backoff = row
+    return KeyInfo(key, int(pending), bool(running), float(oldest), False, bool(paused), bool(in_backoff))
 
 
 def _refusal(exc: psycopg.Error, schema: str, timeout: float) -> Exception | None:

@@ -27,6 +27,17 @@ holds whatever the workers do and however many there are:
   stay), so they run again before any later job of those keys. A start
   deadline applies to the first start only (``claim()`` clears it), so such
   a job runs again rather than expiring.
+* Retries. ``fail()`` records a failed attempt: when the job's retry
+  policy (stored with it) retries the error, the job goes back to
+  ``queued`` with a ``not_before`` time and keeps its ``job_keys`` rows, so
+  it still heads its keys; ``claim()`` skips it until then. Otherwise the
+  job fails and, having a policy, leaves a row in ``dead_letters``.
+* Supersede and pauses. ``submit()`` retires the superseded jobs under the
+  key locks it holds (their keys are a subset of its own). ``claim()``
+  skips jobs on a key in ``paused_keys`` and checks again with a new
+  snapshot after locking its picks; ``pause()`` takes the key's lock and
+  then waits for claims holding the key's queued jobs, so once it returns
+  no claim can start one.
 * Rights. The functions run with their owner's rights (SECURITY DEFINER,
   with a fixed ``search_path``) and EXECUTE is revoked from PUBLIC: a role
   needs EXECUTE on the functions it calls, and no right on the tables to
@@ -417,9 +428,358 @@ ALTER FUNCTION {s}.prune(double precision, integer) SECURITY DEFINER SET search_
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
 """
 
+# Version 3: key policies. Retries keep a failed job at the head of its keys
+# (``not_before``: not claimable until then; its ``job_keys`` rows stay);
+# exhausted ones are kept in ``dead_letters``. Supersede retires, at the new
+# job's admission, earlier never-started opted-in jobs whose keys are a
+# subset of its own. Paused keys (``paused_keys``) start nothing. The new
+# functions are SECURITY DEFINER with a fixed search_path, as in version 2.
+_V3 = """
+ALTER TABLE {s}.jobs
+    ADD COLUMN retry jsonb,
+    ADD COLUMN supersede boolean NOT NULL DEFAULT false,
+    ADD COLUMN not_before timestamptz,
+    ADD COLUMN first_started_at timestamptz,
+    ADD COLUMN failures jsonb NOT NULL DEFAULT '[]';
+ALTER TABLE {s}.jobs DROP CONSTRAINT jobs_state_check;
+ALTER TABLE {s}.jobs ADD CONSTRAINT jobs_state_check CHECK (state IN
+    ('queued', 'running', 'completed', 'failed', 'expired', 'cancelled', 'superseded'));
+UPDATE {s}.jobs SET first_started_at = started_at WHERE started_at IS NOT NULL;
+CREATE INDEX jobs_backoff ON {s}.jobs (not_before) WHERE state = 'queued' AND not_before IS NOT NULL;
+
+CREATE TABLE {s}.paused_keys (
+    key       text PRIMARY KEY,
+    paused_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- Jobs whose retries are exhausted (jobs with a retry policy that failed for
+-- good), until requeue() takes them back. Not pruned with the jobs.
+CREATE TABLE {s}.dead_letters (
+    job_id        bigint PRIMARY KEY,
+    keys          text[] NOT NULL,
+    func          text NOT NULL,
+    args          jsonb NOT NULL,
+    kwargs        jsonb NOT NULL,
+    retry         jsonb NOT NULL,
+    attempts      integer NOT NULL,
+    error_type    text,
+    error_message text,
+    failures      jsonb NOT NULL,
+    failed_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION {s}._admit(p_token uuid, p_keys text[], p_func text, p_args jsonb, p_kwargs jsonb,
+                           p_start_timeout double precision, p_retry jsonb, p_supersede boolean)
+RETURNS bigint LANGUAGE plpgsql AS $$
+-- Caller holds the key locks of p_keys (and has checked them and p_token).
+DECLARE
+    v_id bigint;
+    v_blockers integer;
+BEGIN
+    SELECT count(DISTINCT key) INTO v_blockers FROM {s}.job_keys WHERE key = ANY (p_keys);
+    -- The id is drawn under the key locks: on every key, id order = commit order.
+    INSERT INTO {s}.jobs (token, keys, func, args, kwargs, blockers, deadline, retry, supersede)
+    VALUES (p_token, p_keys, p_func, p_args, p_kwargs, v_blockers,
+            clock_timestamp() + make_interval(secs => p_start_timeout), p_retry, p_supersede)
+    RETURNING id INTO v_id;
+    INSERT INTO {s}.job_keys (key, job_id) SELECT DISTINCT k, v_id FROM unnest(p_keys) AS k;
+    IF v_blockers = 0 THEN
+        PERFORM pg_notify('{s}_ready', '');
+    END IF;
+    RETURN v_id;
+END $$;
+
+CREATE FUNCTION {s}.submit(p_token uuid, p_keys text[], p_func text, p_args jsonb, p_kwargs jsonb,
+                           p_start_timeout double precision, p_retry jsonb, p_supersede boolean)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+    r record;
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'keyed_dispatch submit needs READ COMMITTED, not %',
+            current_setting('transaction_isolation');
+    END IF;
+    IF cardinality(p_keys) IS NULL OR cardinality(p_keys) = 0 THEN
+        RAISE EXCEPTION 'a job needs at least one key';
+    END IF;
+    -- fail() reads the policy in a worker's transaction: a bad one is refused here.
+    IF p_retry IS NOT NULL AND NOT (
+        jsonb_typeof(p_retry -> 'attempts') = 'number' AND jsonb_typeof(p_retry -> 'backoff') = 'number'
+        AND jsonb_typeof(p_retry -> 'max_backoff') = 'number' AND jsonb_typeof(p_retry -> 'jitter') = 'number'
+        AND jsonb_typeof(p_retry -> 'on') = 'array'
+        AND coalesce(jsonb_typeof(p_retry -> 'deadline'), 'null') IN ('number', 'null'))
+    THEN
+        RAISE EXCEPTION 'a retry policy needs numbers attempts, backoff, max_backoff, jitter, %',
+            format('deadline (or null) and an array on, got %s', p_retry);
+    END IF;
+    PERFORM {s}._lock_keys(p_keys);
+    -- A retried submit (its first attempt's commit was not acknowledged).
+    SELECT id INTO v_id FROM {s}.jobs WHERE token = p_token;
+    IF FOUND THEN
+        RETURN v_id;
+    END IF;
+    IF p_supersede THEN
+        -- Their keys are among p_keys, all locked: retiring them is safe here.
+        FOR r IN
+            UPDATE {s}.jobs j SET state = 'superseded', finished_at = clock_timestamp()
+            WHERE j.id IN (SELECT jk.job_id FROM {s}.job_keys jk WHERE jk.key = ANY (p_keys))
+              AND j.state = 'queued' AND j.attempt = 0 AND j.supersede AND j.keys <@ p_keys
+            RETURNING j.id, j.keys
+        LOOP
+            PERFORM {s}._retire(r.id, r.keys);
+        END LOOP;
+    END IF;
+    RETURN {s}._admit(p_token, p_keys, p_func, p_args, p_kwargs, p_start_timeout, p_retry, p_supersede);
+END $$;
+
+CREATE OR REPLACE FUNCTION {s}.claim(p_worker text, p_limit integer, p_lease double precision)
+RETURNS TABLE (id bigint, attempt integer, keys text[], func text, args jsonb, kwargs jsonb,
+               waited double precision)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    v_ids bigint[];
+BEGIN
+    SELECT array_agg(c.id ORDER BY c.id) INTO v_ids FROM (
+        SELECT j.id FROM {s}.jobs j
+        WHERE j.state = 'queued' AND j.blockers = 0
+          AND (j.deadline IS NULL OR j.deadline > clock_timestamp())
+          AND (j.not_before IS NULL OR j.not_before <= clock_timestamp())
+          -- Belt and braces: the head of every key, read from the rows.
+          AND NOT EXISTS (
+              SELECT 1 FROM {s}.job_keys mine
+              JOIN {s}.job_keys earlier ON earlier.key = mine.key AND earlier.job_id < mine.job_id
+              WHERE mine.job_id = j.id)
+          AND NOT EXISTS (
+              SELECT 1 FROM {s}.job_keys mine JOIN {s}.paused_keys p ON p.key = mine.key
+              WHERE mine.job_id = j.id)
+        ORDER BY j.id
+        LIMIT p_limit
+        FOR UPDATE OF j SKIP LOCKED) AS c;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- Again with a new snapshot: a pause that committed after the one above
+    -- was taken. pause() waits for the rows locked above, so once it returns
+    -- no claim can start a job of its key.
+    SELECT array_agg(c.id ORDER BY c.id) INTO v_ids FROM unnest(v_ids) AS c(id)
+    WHERE NOT EXISTS (
+        SELECT 1 FROM {s}.job_keys mine JOIN {s}.paused_keys p ON p.key = mine.key
+        WHERE mine.job_id = c.id);
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    UPDATE {s}.job_keys SET running = true WHERE job_id = ANY (v_ids);
+    -- The start deadline is met: a job queued again after its worker's lease
+    -- expired runs again (it has started once), it does not expire. A retry
+    -- has waited since its backoff ended.
+    RETURN QUERY
+    UPDATE {s}.jobs j
+    SET state = 'running', attempt = j.attempt + 1, worker = p_worker, deadline = NULL,
+        started_at = clock_timestamp(),
+        first_started_at = coalesce(j.first_started_at, clock_timestamp()),
+        lease_until = clock_timestamp() + make_interval(secs => p_lease)
+    WHERE j.id = ANY (v_ids)
+    RETURNING j.id, j.attempt, j.keys, j.func, j.args, j.kwargs,
+              extract(epoch FROM j.started_at - coalesce(j.not_before, j.submitted_at))::double precision;
+END $$;
+
+CREATE FUNCTION {s}.fail(p_id bigint, p_attempt integer, p_error_types text[], p_error_message text)
+RETURNS TABLE (outcome text, retry_in double precision)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- p_error_types: the qualified names of the exception's classes, its own
+-- first, then its bases (its MRO): a policy's ``on`` names match as
+-- isinstance() would.
+DECLARE
+    v_keys text[];
+    v_job record;
+    v_policy jsonb;
+    v_delay double precision;
+BEGIN
+    SELECT j.keys INTO v_keys FROM {s}.jobs j WHERE j.id = p_id;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'stale'::text, NULL::double precision;
+        RETURN;
+    END IF;
+    PERFORM {s}._lock_keys(v_keys);
+    SELECT * INTO v_job FROM {s}.jobs j WHERE j.id = p_id FOR UPDATE;  -- recover() skips it now
+    IF v_job.state <> 'running' OR v_job.attempt <> p_attempt THEN
+        -- This attempt's failure committed already (sent again after a lost
+        -- acknowledgement: accept), or the attempt is stale (fenced: reject).
+        IF v_job.attempt = p_attempt AND v_job.state = 'failed' THEN
+            RETURN QUERY SELECT 'failed'::text, NULL::double precision;
+        ELSIF v_job.failures @> jsonb_build_array(jsonb_build_object('attempt', p_attempt)) THEN
+            RETURN QUERY SELECT 'retry'::text,
+                greatest(0, extract(epoch FROM v_job.not_before - clock_timestamp()))::double precision;
+        ELSE
+            RETURN QUERY SELECT 'stale'::text, NULL::double precision;
+        END IF;
+        RETURN;
+    END IF;
+    v_policy := v_job.retry;
+    IF v_policy IS NOT NULL AND p_attempt < (v_policy ->> 'attempts')::integer
+       AND (v_policy -> 'on') ?| p_error_types THEN
+        -- As Retry.delay: doubling from backoff, capped, scaled by the jitter.
+        v_delay := greatest(0.0,
+            least((v_policy ->> 'max_backoff')::double precision,
+                  (v_policy ->> 'backoff')::double precision * 2.0 ^ least(p_attempt - 1, 64))
+            * (1.0 + (v_policy ->> 'jitter')::double precision * (2.0 * random() - 1.0)));
+        IF v_policy ->> 'deadline' IS NULL
+           OR clock_timestamp() + make_interval(secs => v_delay)
+              <= v_job.first_started_at + make_interval(secs => (v_policy ->> 'deadline')::double precision)
+        THEN
+            -- Still the head of its keys (its job_keys rows stay): later jobs
+            -- of those keys wait; no worker holds it meanwhile.
+            UPDATE {s}.job_keys SET running = false WHERE job_id = p_id;
+            UPDATE {s}.jobs
+            SET state = 'queued', worker = NULL, lease_until = NULL,
+                not_before = clock_timestamp() + make_interval(secs => v_delay),
+                failures = failures || jsonb_build_array(jsonb_build_object(
+                    'attempt', p_attempt, 'error_type', p_error_types[1], 'message', p_error_message))
+            WHERE id = p_id;
+            RETURN QUERY SELECT 'retry'::text, v_delay;
+            RETURN;
+        END IF;
+    END IF;
+    UPDATE {s}.jobs
+    SET state = 'failed', error_type = p_error_types[1], error_message = p_error_message,
+        finished_at = clock_timestamp(), lease_until = NULL
+    WHERE id = p_id;
+    IF v_policy IS NOT NULL THEN
+        INSERT INTO {s}.dead_letters (job_id, keys, func, args, kwargs, retry, attempts, error_type,
+                                      error_message, failures)
+        VALUES (p_id, v_job.keys, v_job.func, v_job.args, v_job.kwargs, v_policy, p_attempt,
+                p_error_types[1], p_error_message, v_job.failures)
+        ON CONFLICT (job_id) DO NOTHING;
+    END IF;
+    PERFORM {s}._retire(p_id, v_keys);
+    RETURN QUERY SELECT 'failed'::text, NULL::double precision;
+END $$;
+
+CREATE FUNCTION {s}.requeue(p_token uuid, p_job_id bigint) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_keys text[];
+    v_letter record;
+    v_id bigint;
+BEGIN
+    SELECT keys INTO v_keys FROM {s}.dead_letters WHERE job_id = p_job_id;
+    IF NOT FOUND THEN
+        -- Requeued already by this call, sent again after a lost acknowledgement?
+        SELECT id INTO v_id FROM {s}.jobs WHERE token = p_token;
+        IF FOUND THEN
+            RETURN v_id;
+        END IF;
+        RAISE EXCEPTION 'no dead letter for job % (never dead, or requeued already)', p_job_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM {s}._lock_keys(v_keys);
+    -- Under the key locks: a concurrent requeue of the same letter is done.
+    DELETE FROM {s}.dead_letters WHERE job_id = p_job_id RETURNING * INTO v_letter;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no dead letter for job % (requeued already)', p_job_id
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN {s}._admit(p_token, v_letter.keys, v_letter.func, v_letter.args, v_letter.kwargs,
+                      NULL, v_letter.retry, false);
+END $$;
+
+CREATE FUNCTION {s}.pause(p_key text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_new boolean;
+BEGIN
+    -- The key's lock: no submit on it is half done while the jobs are locked below.
+    PERFORM {s}._lock_keys(ARRAY[p_key]);
+    INSERT INTO {s}.paused_keys (key) VALUES (p_key) ON CONFLICT (key) DO NOTHING;
+    v_new := FOUND;
+    -- Wait for the claims that hold a queued job of the key (their second
+    -- look, in claim(), cannot see this pause before it commits): once this
+    -- returns, every job of the key that started has been marked running.
+    PERFORM 1 FROM {s}.jobs j
+    WHERE j.id IN (SELECT jk.job_id FROM {s}.job_keys jk WHERE jk.key = p_key) AND j.state = 'queued'
+    FOR UPDATE;
+    RETURN v_new;
+END $$;
+
+CREATE FUNCTION {s}.resume(p_key text) RETURNS boolean
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    DELETE FROM {s}.paused_keys WHERE key = p_key;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM pg_notify('{s}_ready', '');
+    RETURN true;
+END $$;
+
+CREATE FUNCTION {s}.cancel_pending(p_key text) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_ids bigint[];
+    v_keys text[];
+    r record;
+    n integer := 0;
+BEGIN
+    SELECT array_agg(job_id ORDER BY job_id) INTO v_ids
+    FROM {s}.job_keys WHERE key = p_key AND NOT running;
+    IF v_ids IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- All the keys at once, so the locks are taken in the global order.
+    SELECT array_agg(DISTINCT k) INTO v_keys FROM {s}.jobs, unnest(keys) AS k WHERE id = ANY (v_ids);
+    PERFORM {s}._lock_keys(v_keys);
+    FOR r IN
+        UPDATE {s}.jobs SET state = 'cancelled', finished_at = clock_timestamp()
+        WHERE id = ANY (v_ids) AND state = 'queued'
+        RETURNING id, keys
+    LOOP
+        PERFORM {s}._retire(r.id, r.keys);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;
+
+CREATE FUNCTION {s}.key_info(p_key text, p_limit integer)
+RETURNS TABLE (key text, pending integer, running boolean, oldest_wait double precision,
+               paused boolean, in_backoff boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- One key (p_key), or every live key (p_key NULL: with unfinished jobs, or
+-- paused), deepest first. Pending: queued and not waiting for a retry.
+DECLARE
+    v_now timestamptz := clock_timestamp();
+BEGIN
+    RETURN QUERY
+    WITH live AS (
+        SELECT jk.key,
+               count(*) FILTER (WHERE j.state = 'queued' AND NOT coalesce(j.not_before > v_now, false))
+                   AS pending,
+               bool_or(jk.running) AS running,
+               min(coalesce(j.not_before, j.submitted_at))
+                   FILTER (WHERE j.state = 'queued' AND NOT coalesce(j.not_before > v_now, false)) AS oldest,
+               bool_or(j.state = 'queued' AND coalesce(j.not_before > v_now, false)) AS in_backoff
+        FROM {s}.job_keys jk JOIN {s}.jobs j ON j.id = jk.job_id
+        WHERE p_key IS NULL OR jk.key = p_key
+        GROUP BY jk.key),
+    paused AS (SELECT p.key FROM {s}.paused_keys p WHERE p_key IS NULL OR p.key = p_key),
+    info AS (
+        SELECT coalesce(l.key, p.key) AS key, coalesce(l.pending, 0)::integer AS pending,
+               coalesce(l.running, false) AS running,
+               coalesce(extract(epoch FROM v_now - l.oldest), 0)::double precision AS oldest_wait,
+               p.key IS NOT NULL AS paused, coalesce(l.in_backoff, false) AS in_backoff
+        FROM live l FULL JOIN paused p ON p.key = l.key)
+    SELECT i.key, i.pending, i.running, i.oldest_wait, i.paused, i.in_backoff FROM info i
+    ORDER BY i.pending DESC, i.oldest_wait DESC, i.key
+    LIMIT p_limit;
+END $$;
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
+"""
+
 #: (version, SQL template) in order; applied ones are recorded in
 #: ``{schema}.migrations``. Append, never edit a released entry.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2), (3, _V3))
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -433,17 +793,28 @@ def migrations(schema: str) -> list[tuple[int, str]]:
 
 # The statements the Python side sends; ``{s}`` is the (validated) schema.
 _STATEMENTS = {
-    "submit": "SELECT {s}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s)",
+    "submit": "SELECT {s}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb, %s)",
+    "requeue": "SELECT {s}.requeue(%s, %s)",
+    "pause": "SELECT {s}.pause(%s)",
+    "resume": "SELECT {s}.resume(%s)",
+    "cancel_pending": "SELECT {s}.cancel_pending(%s)",
+    "key_info": "SELECT * FROM {s}.key_info(%s, %s)",
+    "dead_letters": (
+        "SELECT job_id, keys, func, args, kwargs, attempts, error_type, error_message, failures, failed_at"
+        " FROM {s}.dead_letters ORDER BY job_id LIMIT %s"
+    ),
     "cancel": "SELECT {s}.cancel(%s)",
     "expire": "SELECT {s}.expire()",
     "claim": "SELECT * FROM {s}.claim(%s, %s, %s)",
     "finish": "SELECT {s}.finish(%s, %s, %s, %s::jsonb, %s, %s)",
+    "fail": "SELECT * FROM {s}.fail(%s, %s, %s, %s)",
     "heartbeat": "SELECT {s}.heartbeat(%s, %s, %s, %s)",
     "maintain": "SELECT {s}.recover(), {s}.expire(), {s}.prune(%s)",
     "listen_ready": "LISTEN {s}_ready",
     "listen_done": "LISTEN {s}_done",
     "results": (
-        "SELECT w.token, j.id, j.state, j.result, j.error_type, j.error_message"
+        "SELECT w.token, j.id, j.state, j.result, j.error_type, j.error_message, j.keys, j.attempt,"
+        " j.failures"
         " FROM unnest(%s::uuid[]) AS w(token) LEFT JOIN {s}.jobs j ON j.token = w.token"
         " WHERE j.id IS NULL OR j.state NOT IN ('queued', 'running')"
     ),
@@ -456,7 +827,9 @@ _STATEMENTS = {
            FROM (SELECT key, count(*) AS n FROM {s}.job_keys
                  GROUP BY key ORDER BY n DESC, key LIMIT 10) AS h),
         (SELECT count(DISTINCT worker) FROM {s}.jobs WHERE state = 'running'),
-        (SELECT max(version) FROM {s}.migrations)""",
+        (SELECT max(version) FROM {s}.migrations),
+        (SELECT count(*) FROM {s}.jobs WHERE state = 'queued' AND not_before > clock_timestamp()),
+        (SELECT count(*) FROM {s}.paused_keys)""",
     # For keyed_dispatch.metrics: over the retained jobs, O(their number).
     # Parameters: the negated bucket bounds, ascending (so that width_bucket
     # counts the bounds at or above a value: Prometheus le is inclusive),
@@ -504,10 +877,17 @@ class Statements:
             setattr(self, name, template.format(s=schema))
 
     submit: str
+    requeue: str
+    pause: str
+    resume: str
+    cancel_pending: str
+    key_info: str
+    dead_letters: str
     cancel: str
     expire: str
     claim: str
     finish: str
+    fail: str
     heartbeat: str
     maintain: str
     listen_ready: str

@@ -21,7 +21,7 @@ import psycopg
 from keyed_dispatch._config import _check_seconds
 from keyed_dispatch._keys import KeysText
 
-from ._common import DatabaseUnavailable, connect, dump_json, key_value, storable_text
+from ._common import DatabaseUnavailable, connect, dump_json, error_names, key_value, storable_text
 from ._dispatcher import schema_version
 from ._registry import registered_function, resolve_functions
 from ._schema import SCHEMA_VERSION, Statements, check_schema_name
@@ -39,7 +39,8 @@ class JobContext:
         job_id: the job's id; the same on every attempt. Pass it (or
             ``idempotency_key``) to an exchange as the client order id so a
             re-run after a failover cannot place the order twice.
-        attempt: 1 for the first run, 2 after one failover, ...
+        attempt: 1 for the first run, 2 for the next (a retry, or a re-run
+            after a failover), ...
         keys: the job's keys, read back from their stored text
             (:func:`~keyed_dispatch.postgres.key_value`): equal to the keys
             submitted, tuples (a WebhookKey too) as plain tuples.
@@ -88,8 +89,8 @@ class _Claimed:
     waited: float
 
 
-# (job, state, result JSON or None, error type, error message)
-_Outcome = tuple[_Claimed, str, "str | None", "str | None", "str | None"]
+# (job, state, result JSON or None, error class names (error_names) or None, error message)
+_Outcome = tuple[_Claimed, str, "str | None", "list[str] | None", "str | None"]
 
 
 def run_worker(
@@ -128,7 +129,12 @@ def run_worker(
     A job fails (``JobFailed`` on its future) whatever it raises, and its
     keys move on: ``SystemExit``, ``KeyboardInterrupt`` and ``GeneratorExit``
     too end the job, not the worker, as in a ``ThreadPoolExecutor`` (a job
-    runs on a pool thread; signals reach the worker's own thread).
+    runs on a pool thread; signals reach the worker's own thread). A job
+    with a retry policy whose attempt failed with an error the policy
+    retries is instead queued again at the head of its keys, claimable once
+    its backoff has passed: this worker wakes for it then, and any worker
+    finds it at its next poll. A job with a retry policy that fails for good
+    leaves a dead letter.
 
     Stopping is graceful: no new claims, running jobs finish and are
     recorded. A lost connection is retried with backoff; results not yet
@@ -149,10 +155,11 @@ def run_worker(
         wait_warning: log a WARNING for a job that waited this long to start.
         name: the worker's name in the database (default ``host:pid:n``).
         stop: set it to stop the worker (the CLI sets it on SIGTERM/SIGINT).
-        burst: return once nothing is runnable, running or left to record.
+        burst: return once nothing is runnable, running, left to record or
+            waiting for a retry this worker scheduled.
 
     Returns:
-        The number of jobs this worker ran.
+        The number of jobs this worker ran (each attempt of a retried job counts).
 
     Raises:
         DatabaseUnavailable: the first connection failed.
@@ -262,6 +269,8 @@ class _Worker:
         # Besides the process's registry, which may grow while the worker runs.
         self.functions = functions
         self.ran = 0
+        # When the earliest retry this worker scheduled is due (monotonic), or None.
+        self.retry_due: float | None = None
 
     # -- main loop ------------------------------------------------------------
 
@@ -305,6 +314,8 @@ class _Worker:
                     if running and now >= next_heartbeat:
                         self._heartbeat(conn, running)
                         next_heartbeat = now + self.lease / 3
+                    if self.retry_due is not None and now >= self.retry_due:
+                        self.retry_due = None  # claimed below, by this worker or another
                     free = self.concurrency - len(running)
                     claimed: list[_Claimed] = []
                     if free and not stopping:
@@ -312,6 +323,9 @@ class _Worker:
                         for job in claimed:
                             running[job.job_id] = job
                             pool.submit(self._execute, job)
+                    # Burst: done once nothing runs, nothing was claimed and no
+                    # retry this worker scheduled waits.
+                    finished = self.burst and not running and not claimed and self.retry_due is None
                     failures = 0
                 except (psycopg.Error, DatabaseUnavailable) as exc:
                     if conn is not None and not _retryable(conn, exc):
@@ -334,11 +348,13 @@ class _Worker:
                     continue
                 if stopping and not running:
                     break
-                if self.burst and not running and not claimed:
+                if finished:
                     break
                 timeout = self.poll_interval
                 if running:
                     timeout = min(timeout, max(0.0, next_heartbeat - time.monotonic()))
+                if self.retry_due is not None:
+                    timeout = min(timeout, max(0.0, self.retry_due - time.monotonic()))
                 self.wake.wait(timeout)
         finally:
             listen_stop.set()
@@ -404,39 +420,59 @@ class _Worker:
         return claimed
 
     def _record(self, conn: psycopg.Connection[Any], outcome: _Outcome) -> None:
-        job, state, result, error_type, error_message = outcome
+        job, state, result, error_types, error_message = outcome
+        if state == "failed":
+            self._fail(conn, job, error_types or ["Exception"], error_message or "")
+            return
         try:
             row = conn.execute(
                 self.q.finish,
-                (job.job_id, job.attempt, state, result, error_type, error_message),
+                (job.job_id, job.attempt, state, result, None, None),
             ).fetchone()
         except psycopg.Error as exc:
-            if _retryable(conn, exc) or state != "completed":
+            if _retryable(conn, exc):
                 raise
             # The database refused the result (too large for jsonb, ...):
             # the job fails with that reason rather than blocking its keys.
             logger.warning(
                 "worker %s: the database refused the result of job %d: %s", self.name, job.job_id, exc
             )
-            row = conn.execute(
-                self.q.finish,
-                (
-                    job.job_id,
-                    job.attempt,
-                    "failed",
-                    None,
-                    type(exc).__name__,
-                    storable_text(f"the database refused the result: {exc}"),
-                ),
-            ).fetchone()
+            message = storable_text(f"the database refused the result: {exc}")
+            self._fail(conn, job, error_names(exc), message)
+            return
         if row is None or not row[0]:
-            logger.warning(
-                "worker %s: result of job %d attempt %d rejected: its lease expired and the job "
-                "was taken over (the job ran more than once; handlers must be idempotent)",
-                self.name,
+            self._rejected(job)
+
+    def _fail(
+        self, conn: psycopg.Connection[Any], job: _Claimed, error_types: list[str], message: str
+    ) -> None:
+        """Record a failed attempt: the database retries it (by the job's policy) or fails the job."""
+        row = conn.execute(self.q.fail, (job.job_id, job.attempt, error_types, message)).fetchone()
+        outcome, retry_in = row if row is not None else ("stale", 0.0)
+        if outcome == "retry":
+            # Due on the database's clock once ``retry_in`` has passed since
+            # before this answer; the margin covers the clocks' rates.
+            due = time.monotonic() + retry_in * 1.001 + 0.002
+            if self.retry_due is None or due < self.retry_due:
+                self.retry_due = due
+            logger.info(
+                "job %d attempt %d failed; retry in %.3fs, at the head of %s",
                 job.job_id,
                 job.attempt,
+                retry_in,
+                KeysText(job.keys),
             )
+        elif outcome == "stale":
+            self._rejected(job)
+
+    def _rejected(self, job: _Claimed) -> None:
+        logger.warning(
+            "worker %s: result of job %d attempt %d rejected: its lease expired and the job "
+            "was taken over (the job ran more than once; handlers must be idempotent)",
+            self.name,
+            job.job_id,
+            job.attempt,
+        )
 
     def _heartbeat(self, conn: psycopg.Connection[Any], running: dict[int, _Claimed]) -> None:
         jobs = list(running.values())
@@ -491,15 +527,10 @@ class _Worker:
         # raised by a job ends the job, not the worker (as in a
         # ThreadPoolExecutor); unrecorded, it would hold its keys for ever.
         except BaseException as exc:  # noqa: BLE001  # the job's error goes to its submitter
-            kind = type(exc)
-            qualname = (
-                kind.__qualname__
-                if kind.__module__ == "builtins"
-                else f"{kind.__module__}.{kind.__qualname__}"
-            )
+            names = [storable_text(name) for name in error_names(exc)]
             message = _message(exc)
-            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, qualname, message)
-            outcome = (job, "failed", None, storable_text(qualname), storable_text(message))
+            logger.info("job %d (%s) failed: %s: %s", job.job_id, job.func, names[0], message)
+            outcome = (job, "failed", None, names, storable_text(message))
         finally:
             _current.reset(token)
         self.done.put(outcome)

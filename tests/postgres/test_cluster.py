@@ -12,7 +12,7 @@ import pytest
 
 psycopg = pytest.importorskip("psycopg")
 
-from keyed_dispatch import StartTimeout  # noqa: E402
+from keyed_dispatch import Retry, StartTimeout  # noqa: E402
 from keyed_dispatch.demo._recording import (  # noqa: E402
     check_events,
     create_events_table,
@@ -25,6 +25,7 @@ from tests.postgres.support import Spawn, wait_until  # noqa: E402
 pytestmark = pytest.mark.slow
 
 RECORD = "keyed_dispatch.demo._recording:record_webhook"
+SCRIPTED = "tests.postgres.tasks:scripted"
 
 
 def test_submitters_and_workers_in_separate_processes(pg_dsn: str) -> None:
@@ -117,3 +118,48 @@ def test_a_job_started_in_time_runs_again_after_its_worker_dies_past_the_start_d
         assert outcome["attempt"] == 2
     starts = [e for e in read_events(pg_dsn, pg_schema) if e.job_id == job.job_id and e.phase == "start"]
     assert [e.attempt for e in starts] == [1, 2]
+
+
+def test_sigkill_during_a_backoff_and_mid_retry_loses_nothing_and_keeps_order(
+    pg_dsn: str, pg_schema: str, spawn: Spawn
+) -> None:
+    # Attempt 1 fails; its worker is killed while the job waits for its
+    # retry (no worker holds it then). Attempt 2 runs on another worker,
+    # killed mid-attempt: after its lease, attempt 3 runs on the third and
+    # succeeds. Later jobs of the key wait for all of it.
+    create_events_table(pg_dsn, pg_schema)
+    workers = {proc.pid: proc for proc in (spawn("--lease", "1") for _ in range(3))}
+    kw = {"events_dsn": pg_dsn, "events_schema": pg_schema}
+
+    def start_of(job_id: int, attempt: int) -> int | None:
+        for event in read_events(pg_dsn, pg_schema):
+            if (event.job_id, event.attempt, event.phase) == (job_id, attempt, "start"):
+                return event.pid
+        return None
+
+    with PostgresDispatcher(pg_dsn, schema=pg_schema, poll_interval=0.2) as d:
+        retry = Retry(attempts=4, backoff=1.0, jitter=0)
+        job = d.options(retry=retry).submit("k", SCRIPTED, ["fail", "slow"], **kw)
+        rest = [d.submit("k" if n % 2 else "other", SCRIPTED, [], **kw) for n in range(1, 7)]
+        wait_until(lambda: d.key_info("k").in_backoff)
+        first = start_of(job.job_id, 1)
+        assert first is not None
+        os.kill(first, signal.SIGKILL)
+        workers[first].wait(30)
+        wait_until(lambda: start_of(job.job_id, 2) is not None)
+        second = start_of(job.job_id, 2)
+        assert second is not None
+        assert second != first
+        os.kill(second, signal.SIGKILL)
+        workers[second].wait(30)
+        outcome = job.result(30)
+        assert outcome["attempt"] == 3
+        assert outcome["pid"] not in {first, second}
+        for future in rest:
+            future.result(30)
+        assert d.dead_letters() == []
+    events = read_events(pg_dsn, pg_schema)
+    starts = [e.attempt for e in events if e.job_id == job.job_id and e.phase == "start"]
+    assert starts == [1, 2, 3]
+    jobs = [(job.job_id, ["k"])] + [(f.job_id, ["k" if n % 2 else "other"]) for n, f in enumerate(rest, 1)]
+    assert check_events(events, [jobs]) == []

@@ -605,7 +605,7 @@ def test_a_refusal_by_the_database_is_raised_as_it_is_and_not_retried(pg_dsn: st
         d.stats()  # one pooled connection
         # Past the key check: what the database says of a key too long for its index.
         huge_key = secrets.token_hex(5000)
-        params = (uuid.uuid4(), [huge_key], "tests.postgres.tasks:echo", "[]", "{}", None)
+        params = (uuid.uuid4(), [huge_key], "tests.postgres.tasks:echo", "[]", "{}", None, None, False)
         with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="index row"):
             d._call(d._q.submit, params)
         assert len(d._idle) == 1  # the connection is fine: kept, not replaced

@@ -22,14 +22,26 @@ from tests.postgres.support import sql
 from tests.strategies import distributed_keys, equal_keys
 
 
+def _fits(key: Hashable) -> bool:
+    # A few large integral floats (1.5e300 has 301 digits) outgrow MAX_KEY_BYTES.
+    try:
+        key_text(key)
+    except ValueError:
+        return False
+    return True
+
+
+storable_keys = distributed_keys().filter(_fits)
+
+
 @given(data=st.data())
 def test_two_keys_share_a_text_exactly_when_they_are_equal(data: st.DataObject) -> None:
-    a = data.draw(distributed_keys(), label="a")
-    b = data.draw(st.one_of(distributed_keys(), equal_keys(a)), label="b")
+    a = data.draw(storable_keys, label="a")
+    b = data.draw(st.one_of(storable_keys, equal_keys(a)), label="b")
     assert (a == b) == (key_text(a) == key_text(b))
 
 
-@given(key=distributed_keys())
+@given(key=storable_keys)
 def test_a_stored_text_reads_back_as_an_equal_key(key: Hashable) -> None:
     text = key_text(key)
     assert key_value(text) == key
