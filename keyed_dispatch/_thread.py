@@ -1026,8 +1026,12 @@ class KeyedDispatcher(Runner):
         # A wait for ``job``'s future from the calling thread: refuse it if
         # the thread holds a key of ``job``, which cannot start before the
         # holder ends (see KeyedFuture.result).
+        # The state test first: result() is mostly called on jobs that
+        # started or finished, and it must not pay for the held-keys lookup.
+        if job is None or job.state not in (QUEUED, BACKOFF):
+            return
         held = self._held_keys()
-        if held is None or job is None or job.state not in (QUEUED, BACKOFF):
+        if held is None:
             return
         shared = set(held).intersection(job.keys)
         if shared:
