@@ -87,7 +87,7 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
         return _find(rows, workload, system, metric)
 
     found: list[dict[str, Any] | None] = []
-    for workload, limit in (("noop-uniform", 1.0), ("noop-one-key", 1.2)):
+    for workload, limit in (("noop-kept", 1.0), ("noop-uniform", 1.1), ("noop-one-key", 1.2)):
         ours, tpe = get(workload, OURS, "throughput"), get(workload, "tpe", "throughput")
         ratio = _ratio(ours, tpe)
         cpu = _ratio(get(workload, OURS, "per CPU second"), get(workload, "tpe", "per CPU second"))
@@ -103,8 +103,19 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 + (f"; per CPU second {cpu:.2f} x" if cpu is not None else ""),
             )
         )
-    for workload, limit in (("hot", 1.15), ("mild", 1.12)):
+    for workload, fixed in (("hot", 1.15), ("mild", None)):
         value = get(workload, OURS, "makespan/bound")
+        # Mild skew leaves every worker busy: the unordered pool's own
+        # figure is the floor there, so the goal is to be within 0.01 of it.
+        unordered = get(workload, "tpe", "makespan/bound")
+        if fixed is None and unordered is None:
+            continue
+        limit = fixed if fixed is not None else unordered + 0.01  # type: ignore[operator]
+        want = (
+            f"<= {limit:.2f} x lower bound"
+            if fixed is not None
+            else f"<= ThreadPoolExecutor's + 0.01 ({limit:.3f} x bound)"
+        )
         extra = [
             f"{label} {other:.3f}"
             for label, other in (
@@ -120,7 +131,7 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
         found.append(
             _goal(
                 f"{workload} makespan",
-                f"<= {limit:.2f} x lower bound",
+                want,
                 value,
                 limit,
                 "<=",
@@ -142,6 +153,18 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
                 detail=f"{ours or 0:.1f} vs {tpe or 0:.1f} us",
             )
         )
+    queued = get("memory", OURS, "queued job")
+    found.append(
+        _goal(
+            "memory per queued job",
+            "<= 200 B beyond its Future",
+            queued,
+            200.0,
+            "<=",
+            shown=f"{queued or 0:.0f} B",
+            detail=f"ThreadPoolExecutor {get('memory', 'tpe', 'queued job') or 0:.0f} B",
+        )
+    )
     active = get("memory", OURS, "active key")
     found.append(
         _goal("memory per active key", "<= 200 B", active, 200.0, "<=", shown=f"{active or 0:.0f} B")
@@ -175,9 +198,9 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
     found.append(
         _goal(
             "multi-key throughput (2-3 keys)",
-            ">= 0.7 x single-key",
+            ">= 0.8 x single-key",
             multi,
-            0.7,
+            0.8,
             ">=",
             shown=f"{multi or 0:.2f} x",
             detail=f"per CPU second {get('multi', OURS, 'multi/single per CPU-s') or 0:.2f} x; "
@@ -249,7 +272,7 @@ def _fmt(value: float, unit: str) -> str:
 
 def _reference(workload: str, metric: str) -> str | None:
     # The baseline a thread row's ratio is taken against.
-    if workload in ("noop-uniform", "noop-one-key", "latency"):
+    if workload in ("noop-kept", "noop-uniform", "noop-one-key", "latency"):
         return "tpe"
     if workload in ("hot", "mild") and metric == "makespan/bound":
         return "hashed"
@@ -436,6 +459,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
     rows: list[Row] = results["rows"]
     systems = [s for s in results["params"]["systems"] if any(r["system"] == s for r in rows)]
 
+    mild_tpe = _find(rows, "mild", "tpe", "makespan/bound")
     # (title, y label, unit, bar groups as (workload, metric, label), systems,
     # goal segments as (group index, value))
     panels: list[tuple[str, str, str, list[tuple[str, str, str]], list[str], list[tuple[int, float]]]] = [
@@ -444,7 +468,8 @@ def chart(results: dict[str, Any], path: Path) -> str:
             "thousand jobs per second",
             "jobs/s",
             [
-                ("noop-uniform", "throughput", "no-op,\n1000 keys"),
+                ("noop-kept", "throughput", "no-op, 1000 keys,\nfutures kept"),
+                ("noop-uniform", "throughput", "no-op, 1000 keys,\nfutures dropped"),
                 ("noop-one-key", "throughput", "no-op,\none key"),
                 ("multi", "single-key", "multi:\n1 key"),
                 ("multi", "2-3 keys", "multi:\n2-3 keys"),
@@ -458,10 +483,10 @@ def chart(results: dict[str, Any], path: Path) -> str:
             "x",
             [
                 ("hot", "makespan/bound", "hot keys (Zipf 1.1)\ngoal <= 1.15"),
-                ("mild", "makespan/bound", "mild (Zipf 0.6)\ngoal <= 1.12"),
+                ("mild", "makespan/bound", "mild (Zipf 0.6)\ngoal <= unordered + 0.01"),
             ],
             [*systems, "floor"],
-            [(0, 1.15), (1, 1.12)],
+            [(0, 1.15)] + ([(1, mild_tpe + 0.01)] if mild_tpe is not None else []),
         ),
         (
             "Submit-to-start latency, lower is better",

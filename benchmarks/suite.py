@@ -104,6 +104,7 @@ SIZES: dict[str, Size] = {
 }
 
 WORKLOADS: tuple[str, ...] = (
+    "noop-kept",
     "noop-uniform",
     "noop-one-key",
     "hot",
@@ -163,7 +164,13 @@ def _machine() -> dict[str, Any]:
 
 
 def _throughput_rows(
-    size: Size, systems: Sequence[str], workload: str, keys: list[str], say: Callable[[str], None]
+    size: Size,
+    systems: Sequence[str],
+    workload: str,
+    keys: list[str],
+    say: Callable[[str], None],
+    *,
+    keep: bool = False,
 ) -> list[Row]:
     wall: dict[str, list[float]] = {name: [] for name in systems}
     cpu: dict[str, list[float]] = {name: [] for name in systems}
@@ -172,7 +179,7 @@ def _throughput_rows(
         for name in systems:
             system = make_system(name, size.workers, live_keys=live_keys)
             system.warm()
-            rate = workloads.throughput(system, keys)
+            rate = workloads.throughput(system, keys, keep=keep)
             wall[name].append(rate.wall)
             cpu[name].append(rate.cpu)
             say(
@@ -406,9 +413,11 @@ def run(
     rows: list[Row] = []
     notes: list[str] = []
     info: dict[str, Any] = {}
+    uniform = [f"uniform-{n % size.noop_keys}" for n in range(size.noop_jobs)]
+    if "noop-kept" in only:
+        rows += _throughput_rows(size, systems, "noop-kept", uniform, say, keep=True)
     if "noop-uniform" in only:
-        keys = [f"uniform-{n % size.noop_keys}" for n in range(size.noop_jobs)]
-        rows += _throughput_rows(size, systems, "noop-uniform", keys, say)
+        rows += _throughput_rows(size, systems, "noop-uniform", uniform, say)
     if "noop-one-key" in only:
         rows += _throughput_rows(size, systems, "noop-one-key", ["one-key"] * size.noop_jobs, say)
     for workload, jobs, nkeys, s in (

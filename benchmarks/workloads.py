@@ -21,6 +21,7 @@ import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Hashable, Sequence
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
@@ -85,12 +86,22 @@ def _rate(jobs: int, wall: float, cpu: float) -> Rate:
     return Rate(wall=jobs / wall, cpu=jobs / cpu if cpu > 0 else float("inf"))
 
 
-def throughput(system: System, keys: Sequence[Hashable]) -> Rate:
-    """The rate of one no-op job per key of ``keys`` (system warmed)."""
+def throughput(system: System, keys: Sequence[Hashable], *, keep: bool = False) -> Rate:
+    """The rate of one no-op job per key of ``keys`` (system warmed).
+
+    ``keep``: the submitter keeps every future and waits for them all with
+    ``concurrent.futures.wait`` before the shutdown, as a server that
+    answers each request from its job's result does; otherwise it drops
+    them and only the shutdown waits.
+    """
     gc.collect()
     cpu = time.process_time()
     start = time.perf_counter()
-    system.submit_many(keys, noop)
+    if keep:
+        submit = system.submit
+        futures.wait([submit(key, noop) for key in keys])
+    else:
+        system.submit_many(keys, noop)
     system.shutdown()
     return _rate(len(keys), time.perf_counter() - start, time.process_time() - cpu)
 
