@@ -12,11 +12,15 @@ the other, under three systems:
 * ``ad.run``: ``await ad.run(key, job)`` on an ``AsyncKeyedDispatcher``;
 * ``ad.submit``: ``await (await ad.submit(key, job))``, a task per job.
 
-Each repetition runs every system once, in turn, on a fresh event loop; the
-value is the median over repetitions, and the ratios are computed from the
-medians of this run. Run it standalone::
+Each repetition runs every system once on a fresh event loop, ``lock-map``
+and ``ad.run`` one right after the other (which goes first alternates), so
+that the two see the same machine; a ratio is taken within each repetition
+and the ratio shown is the median of those, which a noisy neighbour moves
+less than a ratio of medians. Throughputs are medians over repetitions. Our
+goal: ``ad.run`` at least as fast as ``lock-map`` on every workload. Run it
+standalone::
 
-    python benchmarks/bench_async.py [--quick]
+    python benchmarks/bench_async.py [--quick] [--reps N] [--only async-hot,...]
 
 or through the main suite, which calls :func:`run`.
 """
@@ -30,7 +34,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +112,18 @@ async def _one(workload: Workload, system: str) -> tuple[float, float]:
     return jobs / cpu, jobs / elapsed
 
 
-def run(quick: bool) -> list[Row]:
+GOAL = 1.0  # ad.run throughput / lock-map throughput, at least
+
+
+def _orders(rep: int) -> tuple[str, ...]:
+    # lock-map and ad.run always next to each other, each first in turn;
+    # the other two systems before or after the pair, in turn.
+    pair = ("lock-map", "ad.run") if rep % 2 == 0 else ("ad.run", "lock-map")
+    rest = ("bare", "ad.submit") if rep % 4 < 2 else ("ad.submit", "bare")
+    return pair + rest if rep % 3 else rest + pair
+
+
+def run(quick: bool, *, reps: int | None = None, only: Sequence[str] | None = None) -> list[Row]:
     """Measure every workload under every system; return the suite's rows.
 
     Rows, per workload and system: ``{"workload", "system", "metric",
@@ -117,20 +132,27 @@ def run(quick: bool) -> list[Row]:
     single-threaded, so this is its work per job, and it does not move when
     other processes steal the CPU) and ``"wall throughput"`` (jobs per
     wall-clock second), unit ``"jobs/s"``; then, for the dispatcher systems,
-    ``"throughput vs lock-map"`` and ``"throughput vs bare"`` ratios of the
-    medians, unit ``"x"``.
+    ``"throughput vs lock-map"`` and ``"throughput vs bare"``: one ratio per
+    repetition (``runs``, each against the baseline of the same repetition)
+    and their median (``value``), unit ``"x"``.
+
+    Args:
+        quick: smaller workloads and fewer repetitions.
+        reps: repetitions counted (default 7 quick, 11 full), after one
+            warm-up repetition.
+        only: the workloads to run, by name (default: all).
     """
-    reps = 5 if quick else 9
+    if reps is None:
+        reps = 7 if quick else 11
     rows: list[Row] = []
     for workload in _workloads(quick):
+        if only and workload.name not in only:
+            continue
         cpu: dict[str, list[float]] = {system: [] for system in SYSTEMS}
         wall: dict[str, list[float]] = {system: [] for system in SYSTEMS}
         # A warm-up repetition, not counted: first calls fill caches.
         for rep in range(reps + 1):
-            # Rotate the order so that no system always runs right after
-            # the same one (allocator and cache state differ).
-            order = SYSTEMS[rep % len(SYSTEMS) :] + SYSTEMS[: rep % len(SYSTEMS)]
-            for system in order:
+            for system in _orders(rep):
                 gc.collect()
                 per_cpu_s, per_wall_s = asyncio.run(_one(workload, system))
                 if rep:
@@ -138,16 +160,10 @@ def run(quick: bool) -> list[Row]:
                     wall[system].append(per_wall_s)
         for metric, runs in (("throughput", cpu), ("wall throughput", wall)):
             rows += [_row(workload.name, system, metric, runs[system], "jobs/s") for system in SYSTEMS]
-        lock_median = statistics.median(cpu["lock-map"])
-        bare_median = statistics.median(cpu["bare"])
         for system in ("ad.run", "ad.submit"):
-            for metric, base in (
-                ("throughput vs lock-map", lock_median),
-                ("throughput vs bare", bare_median),
-            ):
-                row = _row(workload.name, system, metric, [value / base for value in cpu[system]], "x")
-                row["value"] = statistics.median(cpu[system]) / base
-                rows.append(row)
+            for metric, base in (("throughput vs lock-map", "lock-map"), ("throughput vs bare", "bare")):
+                ratios = [ours / theirs for ours, theirs in zip(cpu[system], cpu[base], strict=True)]
+                rows.append(_row(workload.name, system, metric, ratios, "x"))
     return rows
 
 
@@ -189,16 +205,32 @@ def _table(rows: list[Row], quick: bool) -> str:
             f"{'' if vs_bare is None else f'{vs_bare:.2f}x':>8} {walls[key]:9,.0f}  {runs}"
         )
     lines.append("")
+    for workload in dict.fromkeys(row["workload"] for row in rows):
+        ratio = ratios[(workload, "ad.run", "throughput vs lock-map")]
+        verdict = "met" if ratio >= GOAL else "not met"
+        lines.append(f"{workload:13} ad.run {ratio:.2f} x lock-map   goal: >= {GOAL} x lock-map   {verdict}")
+    lines.append("")
     lines += [f"{name}: {text}" for name, text in about.items()]
+    lines.append("ratios: the median of one ratio per repetition (the two systems run back to back)")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="fewer jobs and repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="repetitions counted (after a warm-up)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated workloads to run: " + ", ".join(w.name for w in _workloads(False)),
+    )
     args = parser.parse_args(argv)
+    only = args.only.split(",") if args.only else None
+    known = {w.name for w in _workloads(False)}
+    if only and not known.issuperset(only):
+        parser.error(f"unknown workload in --only: {', '.join(sorted(set(only) - known))}")
     started = time.perf_counter()
-    rows = run(args.quick)
+    rows = run(args.quick, reps=args.reps, only=only)
     print(_table(rows, args.quick))
     print(f"\nPython {sys.version.split()[0]}, {time.perf_counter() - started:.1f}s")
     return 0

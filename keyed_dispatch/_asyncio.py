@@ -23,6 +23,7 @@ the thread runner, take no concurrency slot.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import sys
@@ -33,8 +34,9 @@ from collections.abc import Awaitable, Callable, Coroutine, Hashable, Iterable
 from concurrent.futures import Future as ConcurrentFuture
 from contextlib import AbstractContextManager, nullcontext
 from contextvars import Context, copy_context
+from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from ._config import check_timeout
 from ._engine import (
@@ -51,9 +53,17 @@ from ._engine import (
     outcome_of,
 )
 from ._errors import DispatcherClosed, StartTimeout
-from ._keys import KeysText, normalize_keys
+from ._keys import KeysText, check_hashable, normalize_keys
 from ._policies import _UNSET, JobContext, JobOptions, Retry
-from ._runner import Runner, RunnerSettings, StartDeadlines, log_start, many_keys, one_key
+from ._runner import (
+    Runner,
+    RunnerSettings,
+    StartDeadlines,
+    check_callable,
+    log_start,
+    many_keys,
+    one_key,
+)
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -71,9 +81,12 @@ bound only protects what the jobs call."""
 _MAX_WORKERS_VAR = "KEYED_DISPATCH_MAX_WORKERS"
 
 _get_running_loop = asyncio._get_running_loop
+_log_enabled = logging.getLogger("keyed_dispatch").isEnabledFor
+_DEBUG = logging.DEBUG
 _current_task = asyncio.current_task
 _future_cancel = asyncio.Future.cancel  # bypasses _JobFuture.cancel
 _base_time = asyncio.BaseEventLoop.time
+_base_create_future = asyncio.BaseEventLoop.create_future
 
 if sys.version_info >= (3, 11):
 
@@ -95,6 +108,9 @@ def _inline() -> None:
     """Marks a job run inline by its caller (``run*``); never called."""
     raise AssertionError("inline jobs are run by their caller")
 
+
+# Jobs of _run's fast path kept for reuse, at most.
+_SPARE_JOBS = 64
 
 # Shared by every inline job, which keeps its arguments in the caller's frame.
 _NO_ARGS: tuple[Any, ...] = ()
@@ -187,7 +203,8 @@ class AsyncKeyedDispatcher(Runner):
         # Bound on first use (_bind).
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: int | None = None
-        self._time: Callable[[], float] = _unbound_time
+        self._time: Callable[[], float] = _unbound
+        self._new_future: Callable[[], asyncio.Future[Any]] = _unbound
         # Jobs holding a concurrency slot: run* jobs and submit* tasks.
         self._active = 0
         # Re-entrancy guard: an eager task factory may run a job's first step
@@ -196,6 +213,14 @@ class AsyncKeyedDispatcher(Runner):
         # The tasks of running submit* jobs: the loop keeps only weak
         # references to tasks.
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Retired Jobs of _run's fast path, for its next claims (at most
+        # _SPARE_JOBS: a burst does not leave its jobs behind).
+        self._spare: list[Job] = []
+        # Whether run's fast path may apply: no retry policy (a retry keeps
+        # its Job), not closed (aclose clears it).
+        self._claims = self._retry is None
+        # A job that starts at once (waited 0 s) is logged at WARNING.
+        self._warn_at_start = config.wait_warning is not None and config.wait_warning <= 0.0
         # task -> the job it runs (a job or an exclusive block): a wait that
         # would deadlock on itself raises instead; current_job() reads it.
         self._holders: dict[asyncio.Task[Any], Job] = {}
@@ -232,6 +257,13 @@ class AsyncKeyedDispatcher(Runner):
             # loop.call_at takes loop.time(); the default loops' time() is
             # time.monotonic(), called directly to spare a frame per job.
             self._time = time.monotonic if type(running).time is _base_time else running.time
+            # Likewise, their create_future() is Future(loop=loop): a frame
+            # less per job that waits for its turn.
+            self._new_future = (
+                partial(asyncio.Future, loop=running)
+                if type(running).create_future is _base_create_future
+                else running.create_future
+            )
             return running
         raise RuntimeError(
             f"this AsyncKeyedDispatcher is bound to event loop {self._loop!r}, not to the running "
@@ -341,7 +373,14 @@ class AsyncKeyedDispatcher(Runner):
                 cancel_pending=True)`` cancelled the job before it started.
             TypeError, ShardsExhausted, SubmitTimeout: as :meth:`submit`.
         """
-        return self._run(one_key(key, coro_fn, "coro_fn"), coro_fn, args, kwargs)
+        # one_key(key, coro_fn, "coro_fn"), inlined: ~3% of an uncontended run.
+        if not callable(coro_fn):
+            check_callable(coro_fn, "coro_fn")  # type: ignore[unreachable]  # an untyped caller
+        try:
+            hash(key)
+        except TypeError:
+            check_hashable(key)
+        return self._run((key,), coro_fn, args, kwargs)
 
     def run_multi(
         self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -360,45 +399,115 @@ class AsyncKeyedDispatcher(Runner):
         kwargs: dict[str, Any],
         options: JobOptions | None = None,
     ) -> _T:
-        loop = self._get_loop()
+        # _get_loop(), inlined, as is much of this method: it is the whole
+        # cost of an uncontended run, and each call spared is ~2% of it.
+        loop = self._loop
+        running = _get_running_loop()
+        if running is not loop or loop is None:
+            loop = self._bind(running)
         task = _current_task(loop)
         holders = self._holders
         if task in holders:
             raise self._held_error(holders[task].keys, keys, "task")
-        job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None, options=options)
         engine = self._engine
-        if (
-            # The fast path of _admit_now, inlined: room for a new shard for
-            # every key, a free slot and nothing runnable waiting for one.
-            options is None
-            and not self._closed
-            and self._active < self._max
-            and not engine.has_ready()
-            and engine.fits(keys, self._max_shards, self._max_pending)
-        ):
+        # Whether the job's Job may serve again once it has run (see below).
+        reuse = False
+        started: bool | None = None
+        if self._claims and options is None and len(keys) == 1 and self._active < self._max:
+            # The fast path: one engine call admits the job. On an idle key
+            # it starts at once, with no waiter, as an uncontended ``async
+            # with lock`` would; the engine holds the key for it all the
+            # same, so jobs admitted meanwhile queue behind it. Its Job is
+            # one kept from an earlier run: once such a job has run, nothing
+            # but this frame refers to it, unless a start deadline does.
+            spare = self._spare
+            job = spare[-1] if spare else self._spare_job()
             now = self._time()
-            if engine.admit_started(job, now):
-                self._active += 1
-            elif self._start_timeout is not None:
-                self._add_deadline(job, now + self._start_timeout)
-        elif not self._admit_now(job):
-            await self._admit_later(job)
+            started = engine.admit_one(job, keys, now, self._max_shards, self._max_pending)
+            if started is not None:
+                spare.pop()
+                if started:
+                    self._active += 1
+                    reuse = True
+                elif self._start_timeout is None:
+                    reuse = True
+                else:
+                    self._add_deadline(job, now + self._start_timeout)
+        if started is None:
+            # The general way in.
+            if options is None:
+                job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None)
+            else:
+                job = Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None, options=options)
+            if not self._admit_now(job):
+                await self._admit_later(job)
         if job.state != RUNNING:
             # Not granted during admission: wait for the turn. A job that
             # failed instead of starting (halted key) is already retired.
             if job.error is not None:
                 raise job.error
-            await self._await_turn(job, loop)
-        elif job.error is not None:
-            # Taken at once, on a halted key.
-            self._active -= 1
-            engine.release(job, FAILED)
-            self._after_retire()
-            raise job.error
-        log_start(keys, job.waited, self._wait_warning, job.seq)
+            # _await_turn(job, loop), inlined: a coroutine less per queued job.
+            waiter: asyncio.Future[None] = self._new_future()
+            job.future = waiter
+            try:
+                await waiter
+            except CancelledError:
+                self._abandon(job, waiter)
+                raise
+        # log_start's own test, inlined.
+        warn = self._wait_warning
+        if _log_enabled(_DEBUG) or (warn is not None and job.waited >= warn):
+            log_start(keys, job.waited, warn, job.seq)
         if task is not None:
             holders[task] = job
-        retriable = options is not None or self._retry is not None
+        if options is not None or self._retry is not None:
+            return await self._attempts(task, job, fn, args, kwargs)
+        timings = engine.timings
+        began = 0.0
+        if timings is not None:
+            # A job that started at once starts at its admission (a time()
+            # call less for metrics=True).
+            job.started = began = now if started else self._time()
+        try:
+            result = await fn(*args, **kwargs)
+        except CancelledError:
+            self._finish(task, job, CANCELLED, None)
+            raise
+        except BaseException as exc:
+            self._finish(task, job, FAILED, exc)
+            raise
+        # _finish(task, job, COMPLETED, None), inlined (and _ran).
+        if task is not None:
+            del holders[task]
+        self._active -= 1
+        if timings is not None:
+            timings.run.add(self._time() - began)
+            job.started = None
+        # A job admitted behind others never ends alone on its key (its
+        # shard is a deque): no need to ask.
+        if started is False or not engine.release_alone(job):
+            self._retire(job, COMPLETED, None)
+        elif self._room_waiters or self._closed:
+            self._after_retire()
+        if reuse and len(self._spare) < _SPARE_JOBS:
+            job.future = None
+            self._spare.append(job)
+        return result
+
+    async def _attempts(
+        self,
+        task: asyncio.Task[Any] | None,
+        job: Job,
+        fn: Callable[..., Awaitable[_T]],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> _T:
+        # The body of a run* job that may be retried (a retry policy or
+        # options): attempts until one does not fail with a retried error.
+        holders = self._holders
+        engine = self._engine
+        loop = self._loop
+        assert loop is not None
         while True:
             if engine.timings is not None:
                 job.started = self._time()
@@ -408,30 +517,26 @@ class AsyncKeyedDispatcher(Runner):
                 self._finish(task, job, CANCELLED, None)
                 raise
             except BaseException as exc:
-                delay = self._retry_delay(job, exc, self._time()) if retriable else None
+                delay = self._retry_delay(job, exc, self._time())
                 if delay is None:
-                    if retriable:
-                        self._final_failure(job, exc, fn, args, kwargs)
+                    self._final_failure(job, exc, fn, args, kwargs)
                     self._finish(task, job, FAILED, exc)
                     raise
                 # Retried: wait for the turn again, holding no slot.
                 self._backoff(task, job, exc, delay)
                 await self._await_turn(job, loop)
-                log_start(keys, job.waited, self._wait_warning, job.seq)
+                log_start(job.keys, job.waited, self._wait_warning, job.seq)
                 if task is not None:
                     holders[task] = job
                 continue
-            break
-        # _finish(task, job, COMPLETED, None), inlined.
-        if task is not None:
-            del holders[task]
-        self._active -= 1
-        if job.started is not None:
-            self._ran(job)
-        engine.release(job, COMPLETED)
-        if self._room_waiters or self._closed or engine.has_runnable():
-            self._after_retire()
-        return result
+            self._finish(task, job, COMPLETED, None)
+            return result
+
+    def _spare_job(self) -> Job:
+        # A Job for the fast path of _run, kept in _spare until claimed.
+        job = Job((), _inline, _NO_ARGS, _NO_KWARGS, None)
+        self._spare.append(job)
+        return job
 
     async def _await_turn(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         # The caller of a run* job or exclusive block waits here for the
@@ -705,8 +810,23 @@ class AsyncKeyedDispatcher(Runner):
         self._active -= 1
         if job.started is not None:
             self._ran(job)
+        self._retire(job, outcome, error)
+
+    def _retire(self, job: Job, outcome: int, error: BaseException | None) -> None:
+        # The rest of _finish, once the job's slot is free: retire it, start
+        # what can start.
         engine = self._engine
-        engine.release(job, outcome, error)
+        if self._dispatching:
+            # Ended inside _dispatch (in an eager task's first step): its loop
+            # starts what can start; taking here would nest a chain of such
+            # jobs one call deeper per job.
+            engine.release(job, outcome, error)
+        else:
+            # The slot just freed goes to the next job at once: for a key's
+            # chain, without a trip through the ready heap.
+            following = engine.finish(job, outcome, error, self._time())
+            if following is not None:
+                self._start(following)
         if engine.has_runnable():
             self._dispatch()
         elif self._room_waiters:
@@ -965,6 +1085,7 @@ class AsyncKeyedDispatcher(Runner):
         if task is not None and (task in self._holders or task in self._tasks):
             raise RuntimeError("aclose() inside a job of this dispatcher would wait for itself")
         self._closed = True
+        self._claims = False
         engine = self._engine
         if cancel_pending:
             for job in engine.queued_jobs():
@@ -1093,5 +1214,5 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-def _unbound_time() -> float:
-    raise AssertionError("the dispatcher's clock is read only after it is bound to a loop")
+def _unbound() -> NoReturn:
+    raise AssertionError("the dispatcher's clock and futures are used only after it is bound to a loop")

@@ -413,6 +413,88 @@ class Engine:
             self.timings.wait.add(0.0)
         return True
 
+    def admit_one(
+        self, job: Job, keys: tuple[Hashable, ...], now: float, max_shards: int, max_pending: int | None
+    ) -> bool | None:
+        """Admit ``job`` on ``keys`` (one key) the short way; True if it started at once.
+
+        The asyncio runner's fast path for inline jobs (``run``, no
+        options). If the key is idle, no job is runnable (waiting for a
+        worker), no key is paused or halted and the bounds leave room (as
+        ``fits``), ``job`` is admitted and started, as by ``admit_started``,
+        and True is returned. If the key has jobs and ``max_pending`` leaves
+        room, ``job`` is admitted behind them, as by ``admit``, and False is
+        returned. Otherwise nothing changes and None is returned: the runner
+        admits the job its usual way.
+
+        ``job`` is new, or a job that this method admitted and that ran and
+        was released since: every field that admission, start and
+        retirement change is set again, so that a runner may reuse it.
+        """
+        if max_pending is not None and self._pending >= max_pending:
+            return None
+        shards = self._shards
+        key = keys[0]
+        # The lookup and the store may raise (a key whose __eq__ raises on a
+        # hash collision): nothing is changed before they succeeded.
+        shard = shards.get(key)
+        if shard is None:
+            if self._ready or self._paused or self._halted or len(shards) >= max_shards:
+                return None
+            shards[key] = job
+            started = True
+        else:
+            if isinstance(shard, deque):
+                shard.append(job)
+            else:
+                shards[key] = deque((shard, job))
+            started = False
+        job.keys = keys
+        job.seq = seq = self._next_seq
+        self._next_seq = seq + 1
+        job.admitted = now
+        self._submitted += 1
+        if not started:
+            # streak and waited are set when it becomes runnable and starts.
+            job.state = QUEUED
+            job.attempt = 0
+            job.blockers = 1
+            self._pending += 1
+            return False
+        job.state = RUNNING
+        job.attempt = 1
+        job.blockers = job.streak = 0
+        job.waited = 0.0
+        job.first_start = now
+        self._running += 1
+        if self.timings is not None:
+            self.timings.wait.add(0.0)
+        return True
+
+    def release_alone(self, job: Job) -> bool:
+        """``release(job, COMPLETED)`` for a running job on one key, if nothing follows from it.
+
+        That is when no job is queued behind it on its key and none is
+        runnable (waiting for a worker): then it is retired and True is
+        returned. Otherwise (or for a job on several keys) nothing changes
+        and False is returned: the runner retires it with ``finish`` or
+        ``release``, which start what can start.
+        """
+        keys = job.keys
+        if self._ready or len(keys) != 1:
+            return False
+        shards = self._shards
+        key = keys[0]
+        if shards.get(key) is not job:
+            return False  # jobs queued behind it, or its key's hash changed
+        del shards[key]
+        if not shards:
+            self._shards = {}  # see _pop_head
+        self._running -= 1
+        job.state = DONE
+        self._outcomes[COMPLETED] += 1
+        return True
+
     # -- start -------------------------------------------------------------
 
     def take(self, now: float) -> Job | None:
