@@ -817,16 +817,21 @@ class AsyncKeyedDispatcher(Runner):
         # what can start.
         engine = self._engine
         if self._dispatching:
-            # Ended inside _dispatch (in an eager task's first step): its loop
-            # starts what can start; taking here would nest a chain of such
-            # jobs one call deeper per job.
+            # Ended while a job was being started (in an eager task's first
+            # step): the starting loop goes on with what can start; taking
+            # here would nest a chain of such jobs one call deeper per job.
             engine.release(job, outcome, error)
         else:
             # The slot just freed goes to the next job at once: for a key's
-            # chain, without a trip through the ready heap.
+            # chain, without a trip through the ready heap. Started as by
+            # _dispatch, under its guard.
             following = engine.finish(job, outcome, error, self._time())
             if following is not None:
-                self._start(following)
+                self._dispatching = True
+                try:
+                    self._start(following)
+                finally:
+                    self._dispatching = False
         if engine.has_runnable():
             self._dispatch()
         elif self._room_waiters:

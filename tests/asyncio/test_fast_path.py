@@ -1,0 +1,359 @@
+"""``run`` on an idle key: the job starts at once, with no waiter, and keeps
+every guarantee.
+
+Such a job holds its key in the engine like any other, so what is admitted
+behind it (``submit``, ``run``, ``exclusive``) waits for it in order; it
+takes a concurrency slot; pause, halt, cancellation, start deadlines,
+``current_job()``, metrics and ``aclose`` treat it as any job. Its Job
+record is reused by later runs once it has run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from keyed_dispatch import AsyncKeyedDispatcher, DispatcherClosed, JobContext, KeyHalted, Retry, StartTimeout
+from tests.asyncio_support import Gate, run, until, within
+
+
+async def _append(out: list[Any], item: Any) -> Any:
+    out.append(item)
+    return item
+
+
+async def _hold_key(ad: AsyncKeyedDispatcher, key: str, gate: Gate) -> asyncio.Task[Any]:
+    # A run() on the idle ``key`` that started at once and now waits at ``gate``.
+    task = asyncio.create_task(ad.run(key, gate.job, "held"))
+    await within(gate.entered.wait())
+    stats = ad.stats()
+    assert (stats.running, stats.pending, stats.workers) == (1, 0, 1)
+    return task
+
+
+def test_submit_run_and_exclusive_behind_a_run_that_started_at_once_keep_admission_order() -> None:
+    async def body() -> None:
+        out: list[Any] = []
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            held = await _hold_key(ad, "k", gate)
+            first = await ad.submit("k", _append, out, 1)
+            second = asyncio.create_task(ad.run("k", _append, out, 2))
+            await until(lambda: ad.stats().pending == 2, "run() to queue behind")
+
+            async def block() -> None:
+                async with ad.exclusive(["k"]):
+                    out.append(3)
+
+            third = asyncio.create_task(block())
+            await until(lambda: ad.stats().pending == 3, "exclusive() to queue behind")
+            fourth = await ad.submit("k", _append, out, 4)
+            assert out == []
+            gate.release.set()
+            assert await within(held) == "held"
+            await within(asyncio.gather(first, second, third, fourth))
+            assert out == [1, 2, 3, 4]
+            stats = ad.stats()
+            assert (stats.submitted, stats.completed, stats.active_shards) == (5, 5, 0)
+
+    run(body)
+
+
+def test_a_run_on_an_idle_key_waits_for_an_earlier_submit_of_that_key() -> None:
+    async def body() -> None:
+        out: list[Any] = []
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            earlier = await ad.submit("k", gate.job)
+            await within(gate.entered.wait())
+            later = asyncio.create_task(ad.run("k", _append, out, "later"))
+            await until(lambda: ad.stats().pending == 1, "run() to queue")
+            assert out == []
+            gate.release.set()
+            await within(earlier)
+            assert await within(later) == "later"
+
+    run(body)
+
+
+def test_cancelling_the_caller_of_a_run_that_started_at_once_frees_its_key() -> None:
+    async def body() -> None:
+        out: list[Any] = []
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            held = await _hold_key(ad, "k", gate)
+            after = await ad.submit("k", _append, out, "after")
+            held.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await held
+            assert gate.exited.is_set()  # the job's coroutine saw the cancellation
+            assert await within(after) == "after"
+            assert await ad.run("k", _append, out, "again") == "again"
+            stats = ad.stats()
+            assert (stats.cancelled, stats.completed, stats.running, stats.workers) == (1, 2, 0, 0)
+            assert stats.active_shards == 0
+        assert out == ["after", "again"]
+
+    run(body)
+
+
+def test_pausing_a_key_during_a_run_that_started_at_once_holds_what_follows() -> None:
+    async def body() -> None:
+        out: list[Any] = []
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8) as ad:
+            held = await _hold_key(ad, "k", gate)
+            assert ad.pause("k")
+            behind = asyncio.create_task(ad.run("k", _append, out, "behind"))
+            await until(lambda: ad.key_info("k").pending == 1, "run() to queue")
+            # Another key runs on while "k" is paused.
+            assert await ad.run("j", _append, out, "other key") == "other key"
+            gate.release.set()
+            assert await within(held) == "held"
+            await until(lambda: ad.stats().running == 0, "the held job to retire")
+            info = ad.key_info("k")
+            assert (info.pending, info.running, info.paused) == (1, False, True)
+            assert out == ["other key"]
+            # A paused idle key does not start a run either.
+            assert ad.pause("p")
+            idle = asyncio.create_task(ad.run("p", _append, out, "paused idle"))
+            await until(lambda: ad.key_info("p").pending == 1, "run() on a paused key to queue")
+            assert ad.resume("k")
+            assert ad.resume("p")
+            assert await within(behind) == "behind"
+            assert await within(idle) == "paused idle"
+        assert out == ["other key", "behind", "paused idle"]
+
+    run(body)
+
+
+def test_a_failed_run_that_started_at_once_halts_its_key_and_fails_what_follows() -> None:
+    async def body() -> None:
+        error = ValueError("failed")
+        gate = Gate()
+
+        async def fail_after_gate() -> None:
+            await gate.job()
+            raise error
+
+        async with AsyncKeyedDispatcher(8, halt_on_error=True) as ad:
+            failing = asyncio.create_task(ad.run("k", fail_after_gate))
+            await within(gate.entered.wait())
+            behind = asyncio.create_task(ad.run("k", _append, [], "behind"))
+            await until(lambda: ad.stats().pending == 1, "run() to queue")
+            gate.release.set()
+            with pytest.raises(ValueError, match="failed"):
+                await failing
+            with pytest.raises(KeyHalted) as info:
+                await behind
+            assert info.value.__cause__ is error
+            with pytest.raises(KeyHalted):
+                await ad.run("k", _append, [], "later")
+            # Other keys are not halted (and run while a halt is in force).
+            assert await ad.run("j", _append, [], "other") == "other"
+            assert ad.resume("k")
+            assert await ad.run("k", _append, [], "resumed") == "resumed"
+            stats = ad.stats()
+            assert (stats.failed, stats.completed, stats.halted_keys) == (3, 2, 0)
+
+    run(body)
+
+
+def test_runs_that_start_at_once_take_concurrency_slots() -> None:
+    async def body() -> None:
+        gates = {key: Gate() for key in "abc"}
+        async with AsyncKeyedDispatcher(2) as ad:
+            tasks = {key: asyncio.create_task(ad.run(key, gates[key].job, key)) for key in "abc"}
+            await within(gates["a"].entered.wait())
+            await within(gates["b"].entered.wait())
+            await until(lambda: ad.stats().pending == 1, "the third run() to wait for a slot")
+            assert not gates["c"].entered.is_set()
+            assert ad.stats().workers == 2
+            gates["a"].release.set()
+            assert await within(tasks["a"]) == "a"
+            await within(gates["c"].entered.wait())
+            assert ad.stats().workers == 2
+            gates["b"].release.set()
+            gates["c"].release.set()
+            assert list(await within(asyncio.gather(tasks["b"], tasks["c"]))) == ["b", "c"]
+            assert ad.stats().workers == 0
+
+    run(body)
+
+
+def test_current_job_and_a_nested_run_inside_a_run_that_started_at_once() -> None:
+    async def body() -> None:
+        seen: list[JobContext | None] = []
+        async with AsyncKeyedDispatcher(8) as ad:
+
+            async def job() -> None:
+                seen.append(ad.current_job())
+                with pytest.raises(RuntimeError, match="could deadlock"):
+                    await ad.run("other", _append, [], "nested")
+
+            await ad.run("k", job)
+            await ad.run("k", job)  # reuses the first run's Job record
+            assert ad.current_job() is None
+        first, second = seen
+        assert first is not None
+        assert second is not None
+        assert (first.keys, first.attempt) == (("k",), 1)
+        assert (second.keys, second.attempt) == (("k",), 1)
+        assert first.job_id != second.job_id
+
+    run(body)
+
+
+def test_a_start_deadline_fails_a_run_queued_behind_a_run_that_started_at_once() -> None:
+    async def body() -> None:
+        gate = Gate()
+        async with AsyncKeyedDispatcher(8, start_timeout=0.01) as ad:
+            held = await _hold_key(ad, "k", gate)
+            with pytest.raises(StartTimeout):
+                await within(ad.run("k", _append, [], "late"))
+            gate.release.set()
+            assert await within(held) == "held"
+            assert await ad.run("k", _append, [], "on time") == "on time"
+            stats = ad.stats()
+            assert (stats.timed_out, stats.completed, stats.active_shards) == (1, 2, 0)
+
+    run(body)
+
+
+def test_a_retried_job_in_backoff_holds_its_key_against_a_run() -> None:
+    async def body() -> None:
+        out: list[Any] = []
+        attempts: list[int] = []
+
+        async def flaky() -> str:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise ValueError("first attempt fails")
+            out.append("retried")
+            return "retried"
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            retried = await ad.options(retry=Retry(attempts=2, backoff=0.01, jitter=0.0)).submit("k", flaky)
+            await until(lambda: ad.stats().in_backoff == 1, "the first attempt to fail")
+            assert await within(ad.run("k", _append, out, "run")) == "run"
+            assert await within(retried) == "retried"
+        assert out == ["retried", "run"]
+
+    run(body)
+
+
+def test_metrics_count_runs_that_start_at_once() -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(8, metrics=True) as ad:
+            for i in range(20):
+                await ad.run(i % 3, _append, [], i)
+            stats = ad.stats()
+        assert stats.wait is not None
+        assert stats.run is not None
+        assert (stats.wait.count, stats.run.count, stats.completed, stats.submitted) == (20, 20, 20, 20)
+        assert stats.wait.sum == 0.0
+
+    run(body)
+
+
+def test_aclose_waits_for_a_run_that_started_at_once() -> None:
+    async def body() -> None:
+        gate = Gate()
+        ad = AsyncKeyedDispatcher(8)
+        held = await _hold_key(ad, "k", gate)
+        closing = asyncio.create_task(ad.aclose())
+        await until(lambda: ad.stats().closed, "aclose() to start")
+        with pytest.raises(DispatcherClosed):
+            await ad.run("j", _append, [], "refused")
+        assert not closing.done()
+        gate.release.set()
+        assert await within(held) == "held"
+        await within(closing)
+        assert ad.stats().running == 0
+
+    run(body)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks are 3.12+")
+def test_a_long_chain_of_jobs_that_end_in_their_first_step_does_not_nest() -> None:
+    # With eager tasks, a submitted job that does not suspend ends inside the
+    # create_task that started it, that is inside the end of the job before
+    # it: the hand-off from one to the next must not nest a call per job.
+    async def body() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        out: list[Any] = []
+        gate = Gate()
+        chain = 3000  # past the recursion limit, were each hand-off nested
+        async with AsyncKeyedDispatcher(4) as ad:
+            held = asyncio.create_task(ad.run("k", gate.job))
+            await within(gate.entered.wait())
+            futures = [await ad.submit("k", _append, out, i) for i in range(chain)]
+            gate.release.set()
+            await within(held)
+            await within(asyncio.gather(*futures))
+        assert out == list(range(chain))
+
+    run(body, debug=False)
+
+
+@pytest.mark.slow
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from(["run", "submit"]), st.sampled_from("abc"), st.integers(0, 2)),
+        min_size=1,
+        max_size=40,
+    ),
+    tasks=st.integers(1, 4),
+    max_concurrency=st.integers(1, 3),
+)
+def test_runs_and_submits_mixed_on_few_keys_keep_each_tasks_order(
+    plan: list[tuple[str, str, int]], tasks: int, max_concurrency: int
+) -> None:
+    # Task i takes steps i, i + tasks, ... one after the other: a run() is
+    # awaited, a submit() is admitted and its future kept. Each key's jobs
+    # must run one at a time, each task's jobs of a key in its program order,
+    # and never more than max_concurrency at once.
+    async def body() -> None:
+        ad = AsyncKeyedDispatcher(max_concurrency)
+        running: dict[str, int] = dict.fromkeys("abc", 0)
+        started: list[tuple[str, int, int]] = []
+        busy = [0, 0]  # running now, most ever
+
+        async def job(key: str, task: int, step: int, yields: int) -> None:
+            running[key] += 1
+            busy[0] += 1
+            busy[1] = max(busy)
+            assert running[key] == 1, f"two jobs of {key} overlap"
+            started.append((key, task, step))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            running[key] -= 1
+            busy[0] -= 1
+
+        async def worker(task: int) -> list[asyncio.Future[None]]:
+            futures = []
+            for step in range(task, len(plan), tasks):
+                how, key, yields = plan[step]
+                if how == "run":
+                    await ad.run(key, job, key, task, step, yields)
+                else:
+                    futures.append(await ad.submit(key, job, key, task, step, yields))
+            return futures
+
+        kept = await within(asyncio.gather(*(worker(i) for i in range(tasks))))
+        await within(asyncio.gather(*(future for futures in kept for future in futures)))
+        await within(ad.aclose())
+        assert busy[1] <= max_concurrency
+        assert sorted(step for _, _, step in started) == list(range(len(plan)))
+        for key in "abc":
+            for task in range(tasks):
+                steps = [step for k, t, step in started if k == key and t == task]
+                assert steps == sorted(steps)
+        stats = ad.stats()
+        assert (stats.completed, stats.submitted, stats.active_shards) == (len(plan), len(plan), 0)
+
+    run(body, debug=False)
