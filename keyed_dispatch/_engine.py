@@ -467,8 +467,11 @@ class Engine:
         job.waited = 0.0
         job.first_start = now
         self._running += 1
-        if self.timings is not None:
-            self.timings.wait.add(0.0)
+        timings = self.timings
+        if timings is not None:
+            # wait.add(0.0), at a third of the cost: a wait of 0 s goes to the
+            # first bucket and adds nothing to the total.
+            timings.wait.counts[0] += 1
         return True
 
     def release_alone(self, job: Job) -> bool:
