@@ -3,7 +3,7 @@
 Every workload runs the same job, ``await asyncio.sleep(0)`` (one trip
 through the event loop, the least real async work) or a 1 ms sleep (an
 exchange call), from many concurrent tasks, each awaiting its jobs one after
-the other, under three systems:
+the other, under four systems:
 
 * ``bare``: ``await job()``, no ordering at all (the floor);
 * ``lock-map``: ``async with locks[key]: await job()`` with
@@ -22,7 +22,8 @@ standalone::
 
     python benchmarks/bench_async.py [--quick] [--reps N] [--only async-hot,...]
 
-or through the main suite, which calls :func:`run`.
+or through the main suite, which calls :func:`run`. ``--calls`` prints
+instead what one uncontended call costs (see :func:`per_call`).
 """
 
 from __future__ import annotations
@@ -167,6 +168,55 @@ def run(quick: bool, *, reps: int | None = None, only: Sequence[str] | None = No
     return rows
 
 
+async def _empty() -> None:
+    return None
+
+
+async def _calls(system: str, calls: int) -> float:
+    # CPU ns per call of ``system`` from one task, on keys that are idle
+    # each time (100 of them in turn), the job an empty coroutine.
+    ad = AsyncKeyedDispatcher(metrics=system == "ad.run metrics")
+    locks: defaultdict[Hashable, asyncio.Lock] = defaultdict(asyncio.Lock)
+    # Outside the timing: the dispatcher binds to the loop, the locks are made.
+    for key in range(100):
+        await ad.run(key, _empty)
+        locks[key] = asyncio.Lock()
+    started = time.process_time_ns()
+    if system == "bare":
+        for _ in range(calls):
+            await _empty()
+    elif system == "lock-map":
+        for i in range(calls):
+            async with locks[i % 100]:
+                await _empty()
+    else:
+        for i in range(calls):
+            await ad.run(i % 100, _empty)
+    elapsed = time.process_time_ns() - started
+    await ad.aclose()
+    return elapsed / calls
+
+
+CALL_SYSTEMS = ("bare", "lock-map", "ad.run", "ad.run metrics")
+
+
+def per_call(reps: int = 15, calls: int = 50_000) -> dict[str, float]:
+    """CPU ns per uncontended call of each system, the least of ``reps`` interleaved runs.
+
+    One task awaits ``calls`` empty jobs in turn, on idle keys: what is
+    left beyond ``bare`` is the cost of ordering one call (for ``ad.run``,
+    its path for an idle key; ``ad.run metrics``: with ``metrics=True``).
+    The least value is taken: other processes only ever add to it.
+    """
+    runs: dict[str, list[float]] = {system: [] for system in CALL_SYSTEMS}
+    for rep in range(reps):
+        order = CALL_SYSTEMS if rep % 2 else CALL_SYSTEMS[::-1]
+        for system in order:
+            gc.collect()
+            runs[system].append(asyncio.run(_calls(system, calls)))
+    return {system: min(values) for system, values in runs.items()}
+
+
 def _row(workload: str, system: str, metric: str, runs: list[float], unit: str) -> Row:
     return {
         "workload": workload,
@@ -224,7 +274,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="comma-separated workloads to run: " + ", ".join(w.name for w in _workloads(False)),
     )
+    parser.add_argument("--calls", action="store_true", help="print the cost of one uncontended call instead")
     args = parser.parse_args(argv)
+    if args.calls:
+        costs = per_call(reps=args.reps or 15)
+        bare = costs["bare"]
+        print("CPU ns per call from one task on idle keys, an empty job (least of interleaved runs)")
+        for system, cost in costs.items():
+            extra = "" if system == "bare" else f"  (+{cost - bare:,.0f} over bare)"
+            print(f"  {system:15} {cost:7,.0f}{extra}")
+        return 0
     only = args.only.split(",") if args.only else None
     known = {w.name for w in _workloads(False)}
     if only and not known.issuperset(only):

@@ -14,7 +14,10 @@ A job runs in one of two ways:
 * ``run*``: in the calling task, inline, as ``async with lock: await job()``
   would. The caller waits for its turn on a future that the runner resolves
   when the engine grants the job, then runs the coroutine itself. No task is
-  created, and a cancelled caller is a cancelled job, by construction.
+  created, and a cancelled caller is a cancelled job, by construction. On an
+  idle key, ``run`` needs no future either: one engine call admits and starts
+  the job (``Engine.admit_one``), with a Job record reused from an earlier
+  run.
 
 ``exclusive`` blocks are granted the same way as ``run*`` jobs but, as with
 the thread runner, take no concurrency slot.
@@ -53,17 +56,9 @@ from ._engine import (
     outcome_of,
 )
 from ._errors import DispatcherClosed, StartTimeout
-from ._keys import KeysText, check_hashable, normalize_keys
+from ._keys import KeysText, normalize_keys
 from ._policies import _UNSET, JobContext, JobOptions, Retry
-from ._runner import (
-    Runner,
-    RunnerSettings,
-    StartDeadlines,
-    check_callable,
-    log_start,
-    many_keys,
-    one_key,
-)
+from ._runner import Runner, RunnerSettings, StartDeadlines, log_start, many_keys, one_key
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -213,14 +208,12 @@ class AsyncKeyedDispatcher(Runner):
         # The tasks of running submit* jobs: the loop keeps only weak
         # references to tasks.
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Retired Jobs of _run's fast path, for its next claims (at most
+        # Jobs of _run's fast path that ran, for its next runs (at most
         # _SPARE_JOBS: a burst does not leave its jobs behind).
         self._spare: list[Job] = []
-        # Whether run's fast path may apply: no retry policy (a retry keeps
-        # its Job), not closed (aclose clears it).
+        # Whether run's fast path may apply: no retry policy (a retried job
+        # keeps its Job), not closed (aclose clears it).
         self._claims = self._retry is None
-        # A job that starts at once (waited 0 s) is logged at WARNING.
-        self._warn_at_start = config.wait_warning is not None and config.wait_warning <= 0.0
         # task -> the job it runs (a job or an exclusive block): a wait that
         # would deadlock on itself raises instead; current_job() reads it.
         self._holders: dict[asyncio.Task[Any], Job] = {}
@@ -373,14 +366,7 @@ class AsyncKeyedDispatcher(Runner):
                 cancel_pending=True)`` cancelled the job before it started.
             TypeError, ShardsExhausted, SubmitTimeout: as :meth:`submit`.
         """
-        # one_key(key, coro_fn, "coro_fn"), inlined: ~3% of an uncontended run.
-        if not callable(coro_fn):
-            check_callable(coro_fn, "coro_fn")  # type: ignore[unreachable]  # an untyped caller
-        try:
-            hash(key)
-        except TypeError:
-            check_hashable(key)
-        return self._run((key,), coro_fn, args, kwargs)
+        return self._run(one_key(key, coro_fn, "coro_fn"), coro_fn, args, kwargs)
 
     def run_multi(
         self, keys: Iterable[Hashable], coro_fn: Callable[..., Awaitable[_T]], /, *args: Any, **kwargs: Any
@@ -421,18 +407,18 @@ class AsyncKeyedDispatcher(Runner):
             # one kept from an earlier run: once such a job has run, nothing
             # but this frame refers to it, unless a start deadline does.
             spare = self._spare
-            job = spare[-1] if spare else self._spare_job()
+            job = spare.pop() if spare else Job(keys, _inline, _NO_ARGS, _NO_KWARGS, None)
             now = self._time()
             started = engine.admit_one(job, keys, now, self._max_shards, self._max_pending)
-            if started is not None:
-                spare.pop()
-                if started:
-                    self._active += 1
-                    reuse = True
-                elif self._start_timeout is None:
-                    reuse = True
-                else:
-                    self._add_deadline(job, now + self._start_timeout)
+            if started is None:
+                spare.append(job)  # not admitted: kept for the next run
+            elif started:
+                self._active += 1
+                reuse = True
+            elif self._start_timeout is None:
+                reuse = True
+            else:
+                self._add_deadline(job, now + self._start_timeout)
         if started is None:
             # The general way in.
             if options is None:
@@ -460,7 +446,7 @@ class AsyncKeyedDispatcher(Runner):
             log_start(keys, job.waited, warn, job.seq)
         if task is not None:
             holders[task] = job
-        if options is not None or self._retry is not None:
+        if started is None and (options is not None or self._retry is not None):
             return await self._attempts(task, job, fn, args, kwargs)
         timings = engine.timings
         began = 0.0
@@ -531,12 +517,6 @@ class AsyncKeyedDispatcher(Runner):
                 continue
             self._finish(task, job, COMPLETED, None)
             return result
-
-    def _spare_job(self) -> Job:
-        # A Job for the fast path of _run, kept in _spare until claimed.
-        job = Job((), _inline, _NO_ARGS, _NO_KWARGS, None)
-        self._spare.append(job)
-        return job
 
     async def _await_turn(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
         # The caller of a run* job or exclusive block waits here for the
