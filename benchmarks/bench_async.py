@@ -172,41 +172,59 @@ async def _empty() -> None:
     return None
 
 
+async def _yield() -> None:
+    await asyncio.sleep(0)
+
+
 async def _calls(system: str, calls: int) -> float:
-    # CPU ns per call of ``system`` from one task, on keys that are idle
-    # each time (100 of them in turn), the job an empty coroutine.
-    ad = AsyncKeyedDispatcher(metrics=system == "ad.run metrics")
+    # CPU ns per call of ``system``, the job an empty coroutine. One task on
+    # keys that are idle each time (100 of them in turn), or, for the
+    # "hand-off" systems, two tasks on one key with a job that yields once:
+    # each call then waits for the other task's job, which hands the key
+    # over at its end (two trips through the loop per call, for both).
+    base, _, variant = system.partition(" ")
+    job = _yield if variant == "hand-off" else _empty
+    ad = AsyncKeyedDispatcher(metrics=variant == "metrics")
     locks: defaultdict[Hashable, asyncio.Lock] = defaultdict(asyncio.Lock)
     # Outside the timing: the dispatcher binds to the loop, the locks are made.
     for key in range(100):
         await ad.run(key, _empty)
         locks[key] = asyncio.Lock()
+    tasks, keys = (2, 1) if variant == "hand-off" else (1, 100)
+
+    async def body(task: int) -> None:
+        if base == "bare":
+            for _ in range(task, calls, tasks):
+                await job()
+        elif base == "lock-map":
+            for i in range(task, calls, tasks):
+                async with locks[i % keys]:
+                    await job()
+        else:
+            for i in range(task, calls, tasks):
+                await ad.run(i % keys, job)
+
     started = time.process_time_ns()
-    if system == "bare":
-        for _ in range(calls):
-            await _empty()
-    elif system == "lock-map":
-        for i in range(calls):
-            async with locks[i % 100]:
-                await _empty()
-    else:
-        for i in range(calls):
-            await ad.run(i % 100, _empty)
+    await asyncio.gather(*(body(task) for task in range(tasks)))
     elapsed = time.process_time_ns() - started
     await ad.aclose()
     return elapsed / calls
 
 
-CALL_SYSTEMS = ("bare", "lock-map", "ad.run", "ad.run metrics")
+CALL_SYSTEMS = ("bare", "lock-map", "ad.run", "ad.run metrics", "lock-map hand-off", "ad.run hand-off")
 
 
 def per_call(reps: int = 15, calls: int = 50_000) -> dict[str, float]:
-    """CPU ns per uncontended call of each system, the least of ``reps`` interleaved runs.
+    """CPU ns per call of each system, the least of ``reps`` interleaved runs.
 
     One task awaits ``calls`` empty jobs in turn, on idle keys: what is
     left beyond ``bare`` is the cost of ordering one call (for ``ad.run``,
     its path for an idle key; ``ad.run metrics``: with ``metrics=True``).
-    The least value is taken: other processes only ever add to it.
+    The ``hand-off`` systems run two tasks on one key, with a job that
+    yields once, so that every call waits for its turn: the difference
+    between the two is what the contended path costs beyond
+    ``asyncio.Lock``'s. The least value is taken: other processes only ever
+    add to it.
     """
     runs: dict[str, list[float]] = {system: [] for system in CALL_SYSTEMS}
     for rep in range(reps):
@@ -279,10 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.calls:
         costs = per_call(reps=args.reps or 15)
         bare = costs["bare"]
-        print("CPU ns per call from one task on idle keys, an empty job (least of interleaved runs)")
+        print("CPU ns per call, an empty job (least of interleaved runs); one task on idle keys:")
         for system, cost in costs.items():
+            if system.endswith("hand-off"):
+                continue
             extra = "" if system == "bare" else f"  (+{cost - bare:,.0f} over bare)"
             print(f"  {system:15} {cost:7,.0f}{extra}")
+        lock, ours = costs["lock-map hand-off"], costs["ad.run hand-off"]
+        print("two tasks on one key, a job that yields once, each call waits for its turn:")
+        print(f"  {'lock-map':15} {lock:7,.0f}")
+        print(f"  {'ad.run':15} {ours:7,.0f}  (+{ours - lock:,.0f} over lock-map)")
         return 0
     only = args.only.split(",") if args.only else None
     known = {w.name for w in _workloads(False)}

@@ -10,6 +10,7 @@ record is reused by later runs once it has run."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -255,6 +256,24 @@ def test_metrics_count_runs_that_start_at_once() -> None:
         assert stats.run is not None
         assert (stats.wait.count, stats.run.count, stats.completed, stats.submitted) == (20, 20, 20, 20)
         assert stats.wait.sum == 0.0
+
+    run(body)
+
+
+def test_a_run_that_started_at_once_logs_as_any_job(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        async with AsyncKeyedDispatcher(8, wait_warning=0) as ad:
+            with caplog.at_level(logging.WARNING, logger="keyed_dispatch"):
+                await ad.run("k", _append, [], 1)  # waited 0 s >= wait_warning
+            with caplog.at_level(logging.DEBUG, logger="keyed_dispatch"):
+                await ad.run("k", _append, [], 2)
+        records = [r for r in caplog.records if r.name == "keyed_dispatch"]
+        assert [(r.levelname, r.getMessage()) for r in records] == [
+            ("WARNING", "job for k waited 0.00s"),
+            ("DEBUG", "started job for k (waited 0.00s)"),
+            ("WARNING", "job for k waited 0.00s"),
+        ]
+        assert [r.job_seq for r in records] == [0, 1, 1]  # type: ignore[attr-defined]
 
     run(body)
 
