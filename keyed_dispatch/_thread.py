@@ -29,6 +29,9 @@ from ._engine import (
     outcome_of,
 )
 from ._errors import DispatcherClosed, StartTimeout
+from ._future import LIGHT as _LIGHT_FUTURE
+from ._future import PENDING as _PENDING
+from ._future import FutureCondition
 from ._keys import KeysText, check_hashable, normalize_keys
 from ._policies import _UNSET, JobContext, JobOptions, Retry
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
@@ -84,6 +87,19 @@ class KeyedFuture(Future[_T]):
     # is a plain Future.
     _kd_job: Job | None = None
     _kd_owner: KeyedDispatcher | None = None
+
+    def __init__(self) -> None:
+        if not _LIGHT_FUTURE:
+            super().__init__()
+            return
+        # Future.__init__'s fields, with a condition made only when a thread
+        # first blocks on this future (see _future.py).
+        self._condition = FutureCondition()  # type: ignore[assignment]
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: list[Callable[[Future[_T]], object]] = []
 
     def result(self, timeout: float | None = None) -> _T:
         """As ``Future.result``; raises RuntimeError where the wait can only deadlock.
