@@ -52,6 +52,10 @@ _yield_gil = partial(time.sleep, 0)
 # The outcome of an attempt that failed and will be retried (not an engine outcome).
 _RETRY = -1
 
+# The keyword arguments of every job submitted without any: a queued job
+# then keeps no empty dict of its own (64 bytes). Never mutated.
+_NO_KWARGS: dict[str, Any] = {}
+
 # Shared by every submit without options: nothing superseded.
 _NONE_SUPERSEDED: list[tuple[Any, BaseException]] = []
 
@@ -271,7 +275,7 @@ class KeyedDispatcher(Runner):
             SubmitTimeout: ``max_pending`` jobs stayed queued too long.
             DispatcherClosed: after :meth:`shutdown`.
         """
-        return self._submit(one_key(key, fn, "fn"), fn, args, kwargs)
+        return self._submit(one_key(key, fn, "fn"), fn, args, kwargs or _NO_KWARGS)
 
     def submit_multi(
         self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
@@ -289,7 +293,7 @@ class KeyedDispatcher(Runner):
                 ``fn`` is not callable.
             ShardsExhausted, SubmitTimeout, DispatcherClosed: as :meth:`submit`.
         """
-        return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs)
+        return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs or _NO_KWARGS)
 
     def options(
         self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET
@@ -695,7 +699,13 @@ class KeyedDispatcher(Runner):
                             error = None
                         else:
                             if retriable:
-                                self._final_failure(job, exc, fn, args, kwargs)  # type: ignore[arg-type]
+                                self._final_failure(
+                                    job,
+                                    exc,
+                                    fn,  # type: ignore[arg-type]
+                                    args,
+                                    {} if kwargs is _NO_KWARGS else kwargs,
+                                )
                             future.set_exception(exc)
                             outcome = FAILED
                             error = exc
