@@ -4,8 +4,9 @@
 Python object holding an RLock, five bound methods and a deque of waiters,
 seven objects the cyclic GC tracks, of which a future that nobody waits on
 (most of a dispatcher's) uses only the lock. ``KeyedFuture.__init__`` sets up the
-same fields with a :class:`FutureCondition` in its place: the RLock at once,
-a real ``threading.Condition`` on that RLock only when a thread first waits.
+same fields with a :class:`FutureCondition` in its place: an RLock that
+makes a real ``threading.Condition`` on itself only when a thread first
+waits.
 Measured on a queue of 100,000 no-op jobs, that is a third of the objects
 each job keeps alive, and of the collector's work.
 
@@ -16,65 +17,66 @@ last two, which is what makes the lazy condition safe: it is created, and
 read, only under its own lock.
 
 The fields are those of ``Future.__init__`` in Python 3.10 to 3.13 (see
-:data:`FIELDS`); should a later version set others, :data:`LIGHT` is False
-and futures are set up by ``Future.__init__`` itself.
+:data:`FIELDS`); should a later version set others, or its C RLock be
+closed to subclasses, :data:`LIGHT` is False and futures are set up by
+``Future.__init__`` itself.
 """
 
 from __future__ import annotations
 
+import _thread
 import threading
 from concurrent.futures import Future, _base
 
 __all__ = ["FIELDS", "LIGHT", "PENDING", "FutureCondition"]
 
 
-class FutureCondition:
-    """The part of ``threading.Condition`` that ``Future`` uses; the condition itself made on first wait."""
+try:
 
-    __slots__ = ("_cond", "_lock")
+    class FutureCondition(_thread.RLock):  # type: ignore[misc]  # final in typeshed, not at run time
+        """An RLock with the part of ``threading.Condition`` that ``Future`` uses.
 
-    def __init__(self) -> None:
-        # An RLock, as threading.Condition() makes by default.
-        self._lock = threading.RLock()
-        self._cond: threading.Condition | None = None
+        ``with``, ``acquire`` and ``release`` are the RLock's own (C) methods,
+        cheaper than ``threading.Condition``'s Python ones; the condition is
+        made on the first wait.
+        """
 
-    def __enter__(self) -> bool:
-        return self._lock.__enter__()
+        __slots__ = ("_cond",)
 
-    def __exit__(self, *exc_info: object) -> None:
-        self._lock.release()
+        def __init__(self) -> None:
+            self._cond: threading.Condition | None = None
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return self._lock.acquire(blocking, timeout)
+        def wait(self, timeout: float | None = None) -> bool:
+            """As ``Condition.wait``; the caller holds the lock (RuntimeError otherwise)."""
+            # Made and published under the lock, so notify() cannot miss it.
+            cond = self._cond
+            if cond is None:
+                cond = self._cond = threading.Condition(self)
+            return cond.wait(timeout)
 
-    def release(self) -> None:
-        self._lock.release()
+        def notify(self, n: int = 1) -> None:
+            """As ``Condition.notify``; the caller holds the lock."""
+            cond = self._cond
+            if cond is not None:
+                cond.notify(n)
 
-    def wait(self, timeout: float | None = None) -> bool:
-        # The caller holds the lock (Condition.wait raises RuntimeError
-        # otherwise, as the standard one does), so the condition is made and
-        # published under it.
-        cond = self._cond
-        if cond is None:
-            cond = self._cond = threading.Condition(self._lock)
-        return cond.wait(timeout)
+        def notify_all(self) -> None:
+            """As ``Condition.notify_all``; the caller holds the lock."""
+            cond = self._cond
+            if cond is not None:
+                cond.notify_all()
 
-    def notify(self, n: int = 1) -> None:
-        # Under the lock, as for wait(): no waiter can be missed.
-        cond = self._cond
-        if cond is not None:
-            cond.notify(n)
-
-    def notify_all(self) -> None:
-        cond = self._cond
-        if cond is not None:
-            cond.notify_all()
+    _SUBCLASSED = True
+except TypeError:  # an interpreter whose C RLock cannot be subclassed: see LIGHT
+    FutureCondition = threading.Condition  # type: ignore[misc,assignment]
+    _SUBCLASSED = False
 
 
 #: The fields ``Future.__init__`` sets, in its order (Python 3.10 to 3.13).
 FIELDS = ("_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks")
 
-#: True when ``Future.__init__`` sets exactly :data:`FIELDS`.
-LIGHT: bool = tuple(vars(Future())) == FIELDS
+#: True when ``Future.__init__`` sets exactly :data:`FIELDS` and the C RLock
+#: can be subclassed: then KeyedFuture starts light.
+LIGHT: bool = _SUBCLASSED and tuple(vars(Future())) == FIELDS
 
 PENDING = _base.PENDING
