@@ -710,6 +710,27 @@ def summary(results: dict[str, Any]) -> str:
     )
 
 
+def _scale_lines(results: dict[str, Any]) -> list[str]:
+    by_workers: dict[int, dict[str, float]] = defaultdict(dict)
+    for row in sorted(results["rows"], key=lambda row: row.get("workers") or 0):
+        if row["workload"] == "scale":
+            by_workers[row["workers"]][row["metric"]] = row["value"]
+    if not by_workers:
+        return []
+    out = ["", "scale, ours: no-op jobs over 64 keys by worker processes (CPU in cores while draining)"]
+    base = next(iter(by_workers.values()))["throughput"]
+    for workers, metrics in by_workers.items():
+        rate = metrics["throughput"]
+        line = f"  {workers} workers: {rate:>8,.0f} jobs/s ({rate / base:.2f} x the first)"
+        line += f"; workers {metrics['worker CPU']:.2f}"
+        if "server CPU" in metrics:
+            together = metrics["server CPU"] + metrics["worker CPU"]
+            cores = results["machine"]["nproc"]
+            line += f", server {metrics['server CPU']:.2f}, together {together:.2f} of {cores}"
+        out.append(line)
+    return out
+
+
 def table(results: dict[str, Any]) -> str:
     """The terminal table: what was run, then one line per comparison with its goal."""
     params = results["params"]
@@ -747,23 +768,7 @@ def table(results: dict[str, Any]) -> str:
         out.append(text)
         if number == 0:
             out.append("-" * len(text))
-    scale = sorted(
-        (row for row in results["rows"] if row["workload"] == "scale"), key=lambda row: row["workers"]
-    )
-    if scale:
-        out += ["", "scale, ours: no-op jobs over 64 keys by worker processes"]
-        by_workers: dict[int, dict[str, float]] = defaultdict(dict)
-        for row in scale:
-            by_workers[row["workers"]][row["metric"]] = row["value"]
-        base = next(iter(by_workers.values())).get("throughput")
-        for workers, metrics in by_workers.items():
-            rate = metrics.get("throughput", 0.0)
-            out.append(
-                f"  {workers} workers: {rate:>8,.0f} jobs/s"
-                + (f" ({rate / base:.2f} x 1 worker)" if base else "")
-                + (f"; server {metrics['server CPU']:.2f} cores" if "server CPU" in metrics else "")
-                + (f", workers {metrics['worker CPU']:.2f} cores" if "worker CPU" in metrics else "")
-            )
+    out += _scale_lines(results)
     met = [line.met for line in lines if line.met is not None]
     if met:
         out.append(f"\n{sum(met)} of {len(met)} goals met.")
@@ -849,10 +854,16 @@ def chart(results: dict[str, Any], path: Path) -> str:
             bars = axis.bar(positions, heights, width * 0.92, color=_COLORS[name])
             unit = "ms" if "CPU" in title else "jobs/s"
             axis.bar_label(bars, labels=[_fmt(h, unit) for h in heights], fontsize=9, padding=2)
+        for group_index, (workload, metric, workers, _label) in enumerate(groups):
+            if _find(rows, workload, OURS, metric, workers) is None and workload == "submit":
+                position = group_index - width / 2
+                axis.text(position, 0, "submit_many:\nnot available", ha="center", va="bottom", fontsize=9)
         for group_index, value in goal_lines:
             axis.hlines(value, group_index - 0.45, group_index + 0.45, linestyles="--", color=_GOAL_COLOR)
             top = max(top, value)
         axis.set_ylim(0, top * 1.15 or 1)
+        if "CPU" not in title:
+            axis.yaxis.set_major_formatter(lambda value, _position: f"{value:,.0f}")
         axis.set_xticks(range(len(groups)), [label for *_, label in groups], fontsize=10)
         axis.tick_params(axis="y", labelsize=10)
         axis.set_title(title, fontsize=12)
