@@ -870,7 +870,9 @@ def chart(results: dict[str, Any], path: Path) -> str:
         for group_index, (workload, metric, workers, _label) in enumerate(groups):
             if _find(rows, workload, OURS, metric, workers) is None and workload == "submit":
                 position = group_index - width / 2
-                axis.text(position, 0, "submit_many:\nnot available", ha="center", va="bottom", fontsize=9)
+                axis.text(
+                    position, top * 0.04, "submit_many:\nnot available", ha="center", va="bottom", fontsize=9
+                )
         for group_index, value in goal_lines:
             axis.hlines(value, group_index - 0.45, group_index + 0.45, linestyles="--", color=_GOAL_COLOR)
             top = max(top, value)
@@ -896,7 +898,7 @@ def chart(results: dict[str, Any], path: Path) -> str:
     figure.suptitle(
         f"PostgreSQL {versions['postgres']}, one server ({results['size']} run): "
         f"{machine['nproc']} x {machine['cpu_model']}, Python {machine['python']}, "
-        f"{results['params']['concurrency']} jobs per worker",
+        f"{results['params']['concurrency']} jobs at once per worker process",
         fontsize=11,
     )
     figure.tight_layout(rect=(0, 0, 1, 0.91))
