@@ -100,9 +100,9 @@ class Size:
     # procrastinate's workers look for jobs on a notification of a new job
     # and by polling (every 5 s by default): a job whose lock is freed by
     # another's end waits for the next poll. Polled often, as here, its
-    # tail and its one-key chain are not left waiting for seconds; 1 ms gave
-    # the chain its highest rate (129 jobs/s, against 120 at 5 ms and 93 at
-    # 20 ms).
+    # tail and its one-key chain are not left waiting for seconds. 1 ms gave
+    # the chain its highest rate: 2,000 jobs on one key, 2 workers, 97 jobs/s
+    # against 58 at 5 ms, 31 at 20 ms and 24 at 50 ms.
     peer_poll: float = 0.01
     peer_poll_one_key: float = 0.001
 
@@ -321,7 +321,8 @@ def _collect(fd: int, count: int, deadline: float) -> list[pg_runner.Record]:
             if not chunk:
                 raise RuntimeError(f"the workers exited after {len(buffer) // size} of {count} jobs")
             buffer += chunk
-    return [tuple(pg_runner.RECORD.unpack_from(buffer, offset)) for offset in range(0, len(buffer), size)]
+    whole = len(buffer) - len(buffer) % size  # a job run twice may have sent part of an extra record
+    return [tuple(pg_runner.RECORD.unpack_from(buffer, offset)) for offset in range(0, whole, size)]
 
 
 def drain(
