@@ -952,6 +952,9 @@ def merge(documents: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Each (workload, workers) comes from the first run that measured it; the
     order violations are added up over every run.
     """
+    sizes = {document["size"] for document in documents}
+    if len(sizes) > 1:
+        raise ValueError(f"runs of different sizes cannot be merged: {', '.join(sorted(sizes))}")
     merged = {**documents[0], "rows": [], "notes": []}
     seen: set[tuple[str, int | None]] = set()
     order: dict[str, Row] = {}
@@ -1016,7 +1019,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[{time.perf_counter() - begun:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     if args.replot is not None:
-        results = merge([json.loads(path.read_text(encoding="utf-8")) for path in args.replot])
+        try:
+            results = merge([json.loads(path.read_text(encoding="utf-8")) for path in args.replot])
+        except ValueError as exc:
+            parser.error(str(exc))
         print(table(results))
         out = args.out or args.replot[0]
         if args.out is not None:

@@ -190,6 +190,11 @@ def test_runs_merge_each_workload_once_and_add_up_violations() -> None:
     assert merged["duration_s"] == 30.0
 
 
+def test_runs_of_different_sizes_are_not_merged() -> None:
+    with pytest.raises(ValueError, match="full, quick"):
+        bench.merge([results(FULL_ROWS), {**results(FULL_ROWS), "size": "full"}])
+
+
 @pytest.mark.slow
 def test_chart_is_drawn(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
