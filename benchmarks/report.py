@@ -162,9 +162,10 @@ def goals(rows: Sequence[Row]) -> list[dict[str, Any]]:
             200.0,
             "<=",
             shown=f"{queued or 0:.0f} B",
-            detail=f"ThreadPoolExecutor {get('memory', 'tpe', 'queued job') or 0:.0f} B; its future included: "
-            f"{get('memory', OURS, 'queued job and its future') or 0:,.0f} B against "
-            f"{get('memory', 'tpe', 'queued job and its future') or 0:,.0f} B (ours is lighter than a plain Future)",
+            detail=f"ThreadPoolExecutor {get('memory', 'tpe', 'queued job') or 0:.0f} B; "
+            f"its future included: {get('memory', OURS, 'queued job and its future') or 0:,.0f} B "
+            f"against {get('memory', 'tpe', 'queued job and its future') or 0:,.0f} B "
+            "(ours is lighter than a plain Future)",
         )
     )
     active = get("memory", OURS, "active key")
