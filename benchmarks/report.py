@@ -471,8 +471,8 @@ def chart(results: dict[str, Any], path: Path) -> str:
             "thousand jobs per second",
             "jobs/s",
             [
-                ("noop-kept", "throughput", "no-op, 1000 keys,\nfutures kept"),
-                ("noop-uniform", "throughput", "no-op, 1000 keys,\nfutures dropped"),
+                ("noop-kept", "throughput", "no-op,\nfutures\nkept"),
+                ("noop-uniform", "throughput", "no-op,\nfutures\ndropped"),
                 ("noop-one-key", "throughput", "no-op,\none key"),
                 ("multi", "single-key", "multi:\n1 key"),
                 ("multi", "2-3 keys", "multi:\n2-3 keys"),
