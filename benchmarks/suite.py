@@ -289,6 +289,7 @@ def _memory_rows(size: Size, systems: Sequence[str], say: Callable[[str], None])
         )
         for metric, value in (
             ("queued job", costs.queued_job),
+            ("queued job and its future", costs.queued_job + costs.future),
             ("active key", costs.active_key),
             ("idle key", costs.idle_key),
         ):

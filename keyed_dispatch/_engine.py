@@ -625,6 +625,22 @@ class Engine:
                     head.blockers = 0
                     head.streak = streak
                     return self._start(head, now)
+                # _advance then take, fused: the successor joins ``ready``
+                # as _advance would place it, and the oldest runnable job
+                # comes off it in the same heap operation (the successor
+                # itself if ``ready`` held only killed jobs).
+                head.blockers = 0
+                while ready and ready[0][1].state != QUEUED:
+                    heapq.heappop(ready)  # killed while runnable
+                place: float = head.seq
+                if not ready or place > ready[0][0]:
+                    head.streak = 0
+                elif streak >= HOT_BATCH:
+                    place = ready[0][0] + 0.5
+                    head.streak = 0
+                else:
+                    head.streak = streak
+                return self._start(heapq.heappushpop(ready, (place, head))[1], now)
             self._advance(key, shard, job.streak + 1)
         return self.take(now)
 

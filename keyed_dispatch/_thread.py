@@ -29,6 +29,9 @@ from ._engine import (
     outcome_of,
 )
 from ._errors import DispatcherClosed, StartTimeout
+from ._future import LIGHT as _LIGHT_FUTURE
+from ._future import PENDING as _PENDING
+from ._future import FutureCondition
 from ._keys import KeysText, check_hashable, normalize_keys
 from ._policies import _UNSET, JobContext, JobOptions, Retry
 from ._runner import Runner, StartDeadlines, log_start, many_keys, one_key
@@ -48,6 +51,10 @@ _yield_gil = partial(time.sleep, 0)
 
 # The outcome of an attempt that failed and will be retried (not an engine outcome).
 _RETRY = -1
+
+# The keyword arguments of every job submitted without any: a queued job
+# then keeps no empty dict of its own (64 bytes). Never mutated.
+_NO_KWARGS: dict[str, Any] = {}
 
 # Shared by every submit without options: nothing superseded.
 _NONE_SUPERSEDED: list[tuple[Any, BaseException]] = []
@@ -84,6 +91,19 @@ class KeyedFuture(Future[_T]):
     # is a plain Future.
     _kd_job: Job | None = None
     _kd_owner: KeyedDispatcher | None = None
+
+    def __init__(self) -> None:
+        if not _LIGHT_FUTURE:
+            super().__init__()
+            return
+        # Future.__init__'s fields, with a condition made only when a thread
+        # first blocks on this future (see _future.py).
+        self._condition = FutureCondition()  # type: ignore[assignment]
+        self._state = _PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: list[Callable[[Future[_T]], object]] = []
 
     def result(self, timeout: float | None = None) -> _T:
         """As ``Future.result``; raises RuntimeError where the wait can only deadlock.
@@ -255,7 +275,7 @@ class KeyedDispatcher(Runner):
             SubmitTimeout: ``max_pending`` jobs stayed queued too long.
             DispatcherClosed: after :meth:`shutdown`.
         """
-        return self._submit(one_key(key, fn, "fn"), fn, args, kwargs)
+        return self._submit(one_key(key, fn, "fn"), fn, args, kwargs or _NO_KWARGS)
 
     def submit_multi(
         self, keys: Iterable[Hashable], fn: Callable[..., _T], /, *args: Any, **kwargs: Any
@@ -273,7 +293,7 @@ class KeyedDispatcher(Runner):
                 ``fn`` is not callable.
             ShardsExhausted, SubmitTimeout, DispatcherClosed: as :meth:`submit`.
         """
-        return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs)
+        return self._submit(many_keys(keys, fn, "fn"), fn, args, kwargs or _NO_KWARGS)
 
     def options(
         self, *, retry: Retry | None = None, supersede: bool = False, start_timeout: float | None = _UNSET
@@ -679,7 +699,13 @@ class KeyedDispatcher(Runner):
                             error = None
                         else:
                             if retriable:
-                                self._final_failure(job, exc, fn, args, kwargs)  # type: ignore[arg-type]
+                                self._final_failure(
+                                    job,
+                                    exc,
+                                    fn,  # type: ignore[arg-type]
+                                    args,
+                                    {} if kwargs is _NO_KWARGS else kwargs,
+                                )
                             future.set_exception(exc)
                             outcome = FAILED
                             error = exc
