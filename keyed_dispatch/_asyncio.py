@@ -627,18 +627,26 @@ class AsyncKeyedDispatcher(Runner):
         try:
             engine = self._engine
             time = self._time
-            # Runnable exclusive blocks first: they take no slot, so they
-            # must not wait behind jobs queued for one.
-            while engine.has_blocks():
-                block = engine.take_block(time())
-                if block is None:
+            while True:
+                # Runnable exclusive blocks first: they take no slot, so they
+                # must not wait behind jobs queued for one.
+                while engine.has_blocks():
+                    block = engine.take_block(time())
+                    if block is None:
+                        break
+                    self._start(block)
+                while self._active < self._max and engine.has_ready():
+                    job = engine.take(time())
+                    if job is None:
+                        break
+                    self._start(job)
+                # Starting a job can make a block runnable behind the loop
+                # above: a job taken with its waiter cancelled or with an
+                # error is retired on the spot, and an eager task's job can
+                # end inside _start. Its key's next job may be a block, which
+                # nothing else would grant (a lost wake-up).
+                if not engine.has_blocks():
                     break
-                self._start(block)
-            while self._active < self._max and engine.has_ready():
-                job = engine.take(time())
-                if job is None:
-                    break
-                self._start(job)
         finally:
             self._dispatching = False
         if self._room_waiters:
@@ -674,7 +682,11 @@ class AsyncKeyedDispatcher(Runner):
             self._active += 1
             loop = self._loop
             assert loop is not None
-            self._tasks.add(_create_task(loop, self._run_task(job, future), future._kd_context))
+            task = _create_task(loop, self._run_task(job, future), future._kd_context)
+            if not task.done():
+                # An eager task may have run to its end inside create_task,
+                # its discard from _tasks done already: kept, it would stay.
+                self._tasks.add(task)
 
     def _fail_taken(self, job: Job) -> None:
         # ``job`` was taken with ``error`` set (start deadline passed, or a

@@ -10,15 +10,17 @@ record is reused by later runs once it has run."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from keyed_dispatch import AsyncKeyedDispatcher, DispatcherClosed, JobContext, KeyHalted, Retry, StartTimeout
-from tests.asyncio_support import Gate, run, until, within
+from tests.asyncio_support import WAIT, Gate, run, until, within
 
 
 async def _append(out: list[Any], item: Any) -> Any:
@@ -374,5 +376,237 @@ def test_runs_and_submits_mixed_on_few_keys_keep_each_tasks_order(
                 assert steps == sorted(steps)
         stats = ad.stats()
         assert (stats.completed, stats.submitted, stats.active_shards) == (len(plan), len(plan), 0)
+
+    run(body, debug=False)
+
+
+# -- hand-offs: every way a job ends starts the next one ---------------------
+
+
+async def _exclusive_append(ad: AsyncKeyedDispatcher, key: str, out: list[Any], item: Any) -> None:
+    async with ad.exclusive([key], timeout=None):
+        out.append(item)
+
+
+def test_a_block_behind_a_run_whose_caller_was_cancelled_gets_its_turn_on_resume() -> None:
+    # resume() makes the parked run() job runnable; the dispatch that takes
+    # it finds its waiter cancelled (the caller's task has not yet taken the
+    # step that learns of it) and retires it on the spot. The key's next job
+    # is the block: it must be granted then, as nothing else would wake it.
+    async def body() -> None:
+        out: list[Any] = []
+        async with AsyncKeyedDispatcher(8) as ad:
+            assert ad.pause("k")
+            cancelled = asyncio.create_task(ad.run("k", _append, out, "run"))
+            await until(lambda: ad.key_info("k").pending == 1, "run() to queue on the paused key")
+            block = asyncio.create_task(_exclusive_append(ad, "k", out, "block"))
+            await until(lambda: ad.key_info("k").pending == 2, "exclusive() to queue behind it")
+            cancelled.cancel()
+            assert ad.resume("k")
+            await within(block)
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            stats = ad.stats()
+            assert (stats.cancelled, stats.completed, stats.active_shards) == (1, 1, 0)
+        assert out == ["block"]
+
+    run(body)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks are 3.12+")
+def test_a_block_behind_an_eager_job_that_ends_in_its_first_step_gets_its_turn() -> None:
+    # The submitted job's task runs its first step inside the dispatch that
+    # starts it, and the job ends there: the block behind it becomes
+    # runnable inside that dispatch, after its blocks were granted.
+    async def body() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        out: list[Any] = []
+        async with AsyncKeyedDispatcher(8) as ad:
+            assert ad.pause("k")
+            first = await ad.submit("k", _append, out, "submit")
+            block = asyncio.create_task(_exclusive_append(ad, "k", out, "block"))
+            await until(lambda: ad.key_info("k").pending == 2, "exclusive() to queue behind it")
+            assert ad.resume("k")
+            await within(block)
+            assert await within(first) == "submit"
+        assert out == ["submit", "block"]
+
+    run(body)
+
+
+@pytest.mark.skipif(not hasattr(asyncio, "eager_task_factory"), reason="eager tasks are 3.12+")
+def test_an_eager_job_that_ends_in_its_first_step_leaves_no_task_behind() -> None:
+    async def body() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        tasks: list[weakref.ref[asyncio.Task[Any]]] = []
+
+        async def job() -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(weakref.ref(task))
+
+        async with AsyncKeyedDispatcher(8) as ad:
+            futures = [await ad.submit(i, job) for i in range(10)]
+            await within(asyncio.gather(*futures))
+            del futures
+            gc.collect()
+            assert len(tasks) == 10
+            assert [ref() for ref in tasks] == [None] * 10, "the dispatcher keeps tasks that ended"
+
+    run(body)
+
+
+# One step of the property below: how the job is called (or "pause": its
+# first key is paused for that many loop trips, then resumed), its keys
+# (indexes into "abc"), loop trips it takes, and after how many loop trips
+# its awaiting task is cancelled (None: never).
+_Step = tuple[str, tuple[int, ...], int, "int | None"]
+
+_steps = st.tuples(
+    st.sampled_from(["run", "run_multi", "submit", "exclusive", "pause"]),
+    st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True).map(tuple),
+    st.integers(0, 2),
+    st.none() | st.integers(0, 5),
+)
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# A lost wake-up random plans rarely reach: the eager job ends inside the
+# dispatch that resume() starts, and the block behind it must be granted.
+@example(
+    plan=[("pause", (0,), 1, None), ("submit", (0,), 0, None), ("exclusive", (0,), 0, None)],
+    tasks=1,
+    max_concurrency=1,
+    max_pending=None,
+    eager=hasattr(asyncio, "eager_task_factory"),
+)
+@given(
+    plan=st.lists(_steps, min_size=1, max_size=30),
+    tasks=st.integers(1, 4),
+    max_concurrency=st.integers(1, 3),
+    max_pending=st.none() | st.integers(1, 4),
+    eager=st.booleans() if hasattr(asyncio, "eager_task_factory") else st.just(False),
+)
+def test_calls_cancelled_at_any_point_leave_every_other_call_live_and_ordered(
+    plan: list[_Step], tasks: int, max_concurrency: int, max_pending: int | None, eager: bool
+) -> None:
+    # Task i takes steps i, i + tasks, ... one after the other, each call in
+    # a task of its own that may be cancelled after some loop trips: before
+    # its admission, while it waits for room or for its turn, while it runs,
+    # or after it ended. A run*/exclusive call is awaited before the next
+    # step; a submit is admitted, then its future awaited by the call's task.
+    # A pause holds a key for some loop trips (resume then starts what it
+    # held). Every call not cancelled must complete (a lost wake-up shows as
+    # a call still pending at the deadline); jobs sharing a key never
+    # overlap and start in admission order; no more than max_concurrency
+    # jobs run.
+    async def body() -> None:
+        if eager:
+            asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)  # type: ignore[attr-defined,unused-ignore]
+        ad = AsyncKeyedDispatcher(max_concurrency, max_pending=max_pending)
+        running: dict[str, int] = dict.fromkeys("abc", 0)
+        busy = [0, 0]  # jobs (not blocks) running now, most ever
+        # (step, admission number, keys), in the order the jobs started.
+        started: list[tuple[int, int, tuple[str, ...]]] = []
+
+        def enter(step: int, keys: tuple[str, ...], block: bool) -> None:
+            for key in keys:
+                running[key] += 1
+                assert running[key] == 1, f"two jobs of {key} overlap"
+            if not block:
+                busy[0] += 1
+                busy[1] = max(busy)
+            context = ad.current_job()
+            assert context is not None
+            started.append((step, int(context.job_id.rsplit("-", 1)[1]), keys))
+
+        def leave(keys: tuple[str, ...], block: bool) -> None:
+            for key in keys:
+                running[key] -= 1
+            if not block:
+                busy[0] -= 1
+
+        async def job(step: int, keys: tuple[str, ...], yields: int) -> int:
+            enter(step, keys, block=False)
+            try:
+                for _ in range(yields):
+                    await asyncio.sleep(0)
+            finally:
+                leave(keys, block=False)
+            return step
+
+        async def call(step: int, how: str, keys: tuple[str, ...], yields: int) -> int:
+            if how == "run":
+                return await ad.run(keys[0], job, step, keys[:1], yields)
+            if how == "run_multi":
+                return await ad.run_multi(keys, job, step, keys, yields)
+            if how == "submit":
+                return await (await ad.submit(keys[0], job, step, keys[:1], yields))
+            async with ad.exclusive(keys, timeout=None):
+                enter(step, keys, block=True)
+                try:
+                    for _ in range(yields):
+                        await asyncio.sleep(0)
+                finally:
+                    leave(keys, block=True)
+            return step
+
+        async def cancel_later(target: asyncio.Task[int], trips: int) -> None:
+            for _ in range(trips):
+                await asyncio.sleep(0)
+            target.cancel()
+
+        async def pause_for(key: str, trips: int) -> None:
+            ad.pause(key)
+            for _ in range(trips):
+                await asyncio.sleep(0)
+            ad.resume(key)
+
+        calls: dict[int, asyncio.Task[int]] = {}
+        cancelled: set[int] = set()
+        helpers: list[asyncio.Task[None]] = []
+
+        async def worker(task: int) -> None:
+            for step in range(task, len(plan), tasks):
+                how, indexes, yields, cancel_after = plan[step]
+                keys = tuple("abc"[i] for i in indexes)
+                if how == "pause":
+                    helpers.append(asyncio.create_task(pause_for(keys[0], yields + 1)))
+                    continue
+                calls[step] = child = asyncio.create_task(call(step, how, keys, yields))
+                if cancel_after is not None:
+                    cancelled.add(step)
+                    helpers.append(asyncio.create_task(cancel_later(child, cancel_after)))
+                if how != "submit":
+                    await asyncio.wait({child})
+
+        workers = [asyncio.create_task(worker(i)) for i in range(tasks)]
+        _, stuck = await asyncio.wait(workers, timeout=WAIT)
+        if not stuck:
+            await asyncio.wait([*helpers, *calls.values()], timeout=WAIT)
+        pending = sorted(step for step, child in calls.items() if not child.done())
+        for child in [*workers, *helpers, *calls.values()]:
+            child.cancel()  # only what a failure left pending
+        assert not stuck, f"a task's call never completed: {ad.stats()}"
+        assert not pending, f"calls {pending} never completed: {ad.stats()}"
+        await within(ad.aclose())
+
+        for step, child in calls.items():
+            if child.cancelled():
+                assert step in cancelled
+            else:
+                assert child.result() == step
+        ran = [step for step, _, _ in started]
+        assert len(ran) == len(set(ran)), "a job started twice"
+        assert set(calls) - cancelled <= set(ran)
+        assert busy[1] <= max_concurrency
+        for key in "abc":
+            order = [seq for _, seq, keys in started if key in keys]
+            assert order == sorted(order), f"the jobs of {key} started out of admission order"
+        stats = ad.stats()
+        assert stats.submitted == stats.completed + stats.cancelled
+        assert stats.completed >= len(set(calls) - cancelled)
+        assert (stats.pending, stats.running, stats.workers, stats.active_shards) == (0, 0, 0, 0)
 
     run(body, debug=False)
