@@ -460,7 +460,7 @@ def test_an_eager_job_that_ends_in_its_first_step_leaves_no_task_behind() -> Non
 # first key is paused for that many loop trips, then resumed), its keys
 # (indexes into "abc"), loop trips it takes, and after how many loop trips
 # its awaiting task is cancelled (None: never).
-_Step = tuple[str, tuple[int, ...], int, "int | None"]
+_Step = tuple[str, tuple[int, ...], int, int | None]
 
 _steps = st.tuples(
     st.sampled_from(["run", "run_multi", "submit", "exclusive", "pause"]),
