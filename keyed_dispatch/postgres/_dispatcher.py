@@ -43,6 +43,7 @@ __all__ = [
     "PostgresDeadLetter",
     "PostgresDispatcher",
     "PostgresFuture",
+    "PostgresJob",
     "PostgresOptions",
     "PostgresStats",
     "install_schema",
@@ -123,6 +124,47 @@ class PostgresDeadLetter:
     attempts: int
     error: JobFailed
     failed_at: datetime.datetime
+
+
+@dataclass(frozen=True, init=False)
+class PostgresJob:
+    """One job of a batch for :meth:`PostgresDispatcher.submit_many`.
+
+    ``PostgresJob(key, func, *args, **kwargs)`` is the job that
+    ``submit(key, func, *args, **kwargs)`` would queue, and
+    ``PostgresJob.multi(keys, func, *args, **kwargs)`` the one of
+    ``submit_multi``. The key set is read (and refused: a string instead of
+    keys, an unhashable key, no key) when the job is made; everything else is
+    checked by ``submit_many``, as ``submit`` checks it.
+
+    Attributes:
+        keys: the job's keys, duplicates collapsed.
+        func: its ``"module:function"``.
+        args, kwargs: its arguments.
+    """
+
+    keys: tuple[Hashable, ...]
+    func: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def __init__(self, key: Hashable, func: str, /, *args: Any, **kwargs: Any) -> None:
+        self._fill(normalize_keys((key,)), func, args, kwargs)
+
+    @classmethod
+    def multi(cls, keys: Iterable[Hashable], func: str, /, *args: Any, **kwargs: Any) -> PostgresJob:
+        """The job ordered on several keys that ``submit_multi(keys, func, ...)`` would queue."""
+        job = cls.__new__(cls)
+        job._fill(normalize_keys(keys), func, args, kwargs)
+        return job
+
+    def _fill(
+        self, keys: tuple[Hashable, ...], func: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        object.__setattr__(self, "keys", keys)
+        object.__setattr__(self, "func", func)
+        object.__setattr__(self, "args", args)
+        object.__setattr__(self, "kwargs", kwargs)
 
 
 class PostgresFuture(Future[Any]):
@@ -266,6 +308,7 @@ class PostgresDispatcher:
         self._dsn = dsn
         self._schema = check_schema_name(schema)
         self._q = Statements(schema)
+        self._results_channel = f"{self._schema}_results"
         self._submit_timeout = submit_timeout
         self._start_timeout = start_timeout
         self._poll_interval = poll_interval
@@ -477,6 +520,60 @@ class PostgresDispatcher:
         options = JobOptions(retry=retry, supersede=supersede, start_timeout=start_timeout)
         return PostgresOptions(self, options, None if retry is None else _retry_json(retry))
 
+    def submit_many(self, jobs: Iterable[PostgresJob]) -> list[PostgresFuture]:
+        """Queue a batch of jobs in one transaction; return their futures, in order.
+
+        Each :class:`PostgresJob` is the job that ``submit`` (or
+        ``submit_multi``) would queue with the same arguments, and the batch
+        is admitted as that many submits in a row would be, in the order of
+        ``jobs``: on every key, a job of the batch runs after the jobs
+        submitted before it (earlier jobs of the batch included) and before
+        the ones submitted after the batch returns. All or nothing: every job
+        is checked first, and a job that ``submit`` would refuse refuses the
+        whole batch with the same error (on Python 3.11+ a note names its
+        position); nothing is written then. A batch costs one round trip,
+        whatever its size. An empty batch returns ``[]`` and writes nothing.
+
+        The transaction takes one advisory lock per distinct key of the
+        batch, as many submits would, but holds them all until it commits:
+        PostgreSQL's lock table (``max_locks_per_transaction`` times
+        ``max_connections``, 6400 by default, shared by every session) bounds
+        the distinct keys of one batch; keep batches to a few thousand keys.
+
+        Raises:
+            TypeError: an item that is not a PostgresJob.
+            The errors of :meth:`submit`, under the same conditions; a
+            lost connection is retried with the same job tokens, so a batch
+            whose commit went unacknowledged returns its jobs.
+        """
+        return self._submit_many(jobs, None)
+
+    def _job_options(
+        self, options: tuple[JobOptions, str | None] | None
+    ) -> tuple[float | None, str | None, bool]:
+        """Start timeout, retry policy JSON and supersede of a submission with ``options`` (a view's)."""
+        if options is None:
+            start_timeout, retry, supersede = self._start_timeout, self._retry, False
+        else:
+            start_timeout = options[0].start_timeout_or(self._start_timeout)
+            retry = self._retry if options[1] is None else options[1]
+            supersede = options[0].supersede
+        if start_timeout is not None:
+            self._deadlines = True
+        return start_timeout, retry, supersede
+
+    def _prepare(
+        self, keys: tuple[Hashable, ...], func: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[list[str], str, str]:
+        """A job's key texts and JSON arguments, once its keys (normalized), function and arguments pass."""
+        # Keys equal in-process (1 and 1.0) have one text: they collapse here too.
+        texts = list(dict.fromkeys(map(key_text, keys)))
+        check_function_name(func)
+        if func not in self._verified:
+            self._check_function(func)
+            self._verified.add(func)
+        return texts, dump_json(list(args), "job arguments"), dump_json(kwargs, "job keyword arguments")
+
     def _submit(
         self,
         keys: Iterable[Hashable],
@@ -486,23 +583,9 @@ class PostgresDispatcher:
         options: tuple[JobOptions, str | None] | None,
     ) -> PostgresFuture:
         # ``options``: a view's options and its retry policy's JSON.
-        if options is None:
-            start_timeout, retry, supersede = self._start_timeout, self._retry, False
-        else:
-            start_timeout = options[0].start_timeout_or(self._start_timeout)
-            retry = self._retry if options[1] is None else options[1]
-            supersede = options[0].supersede
+        start_timeout, retry, supersede = self._job_options(options)
         keys = normalize_keys(keys)
-        # Keys equal in-process (1 and 1.0) have one text: they collapse here too.
-        texts = list(dict.fromkeys(map(key_text, keys)))
-        check_function_name(func)
-        if func not in self._verified:
-            self._check_function(func)
-            self._verified.add(func)
-        args_json = dump_json(list(args), "job arguments")
-        kwargs_json = dump_json(kwargs, "job keyword arguments")
-        if start_timeout is not None:
-            self._deadlines = True
+        texts, args_json, kwargs_json = self._prepare(keys, func, args, kwargs)
         started = time.monotonic()
         future = self._queue(
             self._q.submit, (texts, func, args_json, kwargs_json, start_timeout, retry, supersede)
@@ -516,6 +599,66 @@ class PostgresDispatcher:
                 (time.monotonic() - started) * 1000,
             )
         return future
+
+    def _submit_many(
+        self, jobs: Iterable[PostgresJob], options: tuple[JobOptions, str | None] | None
+    ) -> list[PostgresFuture]:
+        with self._lock:
+            self._after_fork()
+            if self._closed:
+                raise DispatcherClosed("the dispatcher is closed")
+        start_timeout, retry, supersede = self._job_options(options)
+        keys: list[str] = []
+        counts: list[int] = []
+        funcs: list[str] = []
+        args: list[str] = []
+        kwargs: list[str] = []
+        for index, job in enumerate(jobs):
+            if not isinstance(job, PostgresJob):
+                raise TypeError(
+                    f"submit_many takes PostgresJob items, got {type(job).__name__} at position {index}"
+                )
+            try:
+                texts, args_json, kwargs_json = self._prepare(job.keys, job.func, job.args, job.kwargs)
+            except Exception as exc:
+                _add_note(exc, f"refused job {index} of the batch (nothing was submitted)")
+                raise
+            keys += texts
+            counts.append(len(texts))
+            funcs.append(job.func)
+            args.append(args_json)
+            kwargs.append(kwargs_json)
+        if not funcs:
+            return []
+        tokens = [uuid.uuid4() for _ in funcs]
+        futures = [PostgresFuture(self, token) for token in tokens]
+        with self._lock:
+            self._after_fork()
+            # Registered first: a job may finish before the batch returns.
+            self._futures.update(zip(tokens, futures, strict=True))
+        started = time.monotonic()
+        try:
+            rows = self._call(
+                self._q.submit_many,
+                (tokens, keys, counts, funcs, args, kwargs, start_timeout, retry, supersede),
+            )
+        except BaseException:
+            with self._lock:
+                for token in tokens:
+                    self._futures.pop(token, None)
+            raise
+        for future, row in zip(futures, rows, strict=True):
+            future.job_id = int(row[0])
+        self._start_listener()
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "submitted %d jobs, %d to %d (%.1f ms)",
+                len(futures),
+                futures[0].job_id,
+                futures[-1].job_id,
+                (time.monotonic() - started) * 1000,
+            )
+        return futures
 
     def _queue(self, statement: str, params: tuple[Any, ...]) -> PostgresFuture:
         """Run ``statement`` (token first, then ``params``) to queue a job; its future."""
@@ -531,13 +674,16 @@ class PostgresDispatcher:
             self._forget(token)
             raise
         future.job_id = int(rows[0][0])
+        self._start_listener()
+        return future
+
+    def _start_listener(self) -> None:
         with self._lock:
             if self._listener is None and not self._closed:
                 self._listener = threading.Thread(
                     target=self._listen, args=(self._stop,), name="keyed-dispatch-results", daemon=True
                 )
                 self._listener.start()
-        return future
 
     def _check_function(self, func: str) -> None:
         """Refuse ``func`` if workers would refuse it (as far as this process knows)."""
@@ -577,12 +723,13 @@ class PostgresDispatcher:
                 if conn is None:
                     conn = connect(self._dsn, application_name="keyed_dispatch results")
                     conn.execute(self._q.listen_done)
+                    conn.execute(self._q.listen_results)
                     next_poll = 0.0  # notifications may have been missed meanwhile
                 tokens: set[uuid.UUID] = set()
                 for notify in conn.notifies(timeout=wait, stop_after=1):
-                    tokens.add(uuid.UUID(notify.payload))
+                    self._notified(notify.channel, notify.payload, tokens)
                 for notify in conn.notifies(timeout=0.0):
-                    tokens.add(uuid.UUID(notify.payload))
+                    self._notified(notify.channel, notify.payload, tokens)
                 now = time.monotonic()
                 if now >= next_poll:
                     next_poll = now + self._poll_interval
@@ -604,6 +751,23 @@ class PostgresDispatcher:
                 stop.wait(1.0)
         if conn is not None:
             conn.close()
+
+    def _notified(self, channel: str, payload: str, tokens: set[uuid.UUID]) -> None:
+        """Resolve what a notification carries; add to ``tokens`` the jobs to read back."""
+        if channel != self._results_channel:  # ``done``: a job's token
+            tokens.add(uuid.UUID(payload))
+            return
+        # finish_claim(): [token, result] for each completed job, or the token
+        # alone when its result was too large to carry.
+        for entry in json.loads(payload):
+            if isinstance(entry, str):
+                tokens.add(uuid.UUID(entry))
+                continue
+            with self._lock:
+                future = self._futures.pop(uuid.UUID(entry[0]), None)
+            if future is not None:
+                with contextlib.suppress(InvalidStateError):  # cancelled by its owner meanwhile
+                    future.set_result(entry[1])
 
     def _poll(self, tokens: set[uuid.UUID] | None) -> None:
         """Resolve the futures of finished jobs among ``tokens`` (None: all awaited).
@@ -857,6 +1021,17 @@ class PostgresOptions:
     ) -> PostgresFuture:
         """:meth:`PostgresDispatcher.submit_multi` with this view's options."""
         return self._dispatcher._submit(keys, func, args, kwargs, self._options)
+
+    def submit_many(self, jobs: Iterable[PostgresJob]) -> list[PostgresFuture]:
+        """:meth:`PostgresDispatcher.submit_many` with this view's options, for every job of the batch."""
+        return self._dispatcher._submit_many(jobs, self._options)
+
+
+def _add_note(error: BaseException, note: str) -> None:
+    """``error.add_note(note)`` where Python has it (3.11+)."""
+    add = getattr(error, "add_note", None)
+    if add is not None:
+        add(note)
 
 
 def _retry_json(retry: Retry) -> str:
