@@ -309,28 +309,49 @@ from keyed_dispatch.postgres import PostgresDispatcher
 try:
     from keyed_dispatch.postgres import PostgresJob
 except ImportError:
-    pass
-dsn, schema, jobs, func = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-out = {}
+    PostgresJob = None
+dsn, schema, jobs, func, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 with PostgresDispatcher(dsn, schema=schema) as d:
     d.submit("warm-up", func)
-    t0 = time.monotonic()
-    for n in range(jobs):
-        d.submit(f"k{n % 64}", func)
-    out["single"] = jobs / (time.monotonic() - t0)
-    if hasattr(d, "submit_many"):
-        t0 = time.monotonic()
-        for start in range(0, jobs * 4, 500):
-            d.submit_many([PostgresJob(f"k{n % 64}", func) for n in range(start, start + 500)])
-        out["many(500)"] = jobs * 4 / (time.monotonic() - t0)
-print(json.dumps(out))
+    print("ready", flush=True)
+    sys.stdin.readline()
+    t0, c0 = time.monotonic(), time.process_time()
+    if batch:
+        for start in range(0, jobs, batch):
+            d.submit_many([PostgresJob(f"k{n % 64}", func) for n in range(start, start + batch)])
+    else:
+        for n in range(jobs):
+            d.submit(f"k{n % 64}", func)
+    t1, c1 = time.monotonic(), time.process_time()
+print(json.dumps({"s": t1 - t0, "cpu": c1 - c0}))
 """
 
 
-def submit_rate(dsn: str, tree: Path, jobs: int) -> dict[str, float]:
+def submit_rate(dsn: str, tree: Path, jobs: int, batch: int) -> Run:
+    """One thread submitting ``jobs`` no-op jobs over 64 keys, one by one (batch 0) or in batches."""
     with fresh_schema(dsn, tree) as schema:
-        result: dict[str, float] = json.loads(run_python(tree, _SUBMIT_RATE, dsn, schema, str(jobs), NOOP))
-        return result
+        code = textwrap.dedent(_SUBMIT_RATE)
+        argv = [sys.executable, "-c", code, dsn, schema, str(jobs), NOOP, str(batch)]
+        proc = subprocess.Popen(
+            argv, env=env_for(tree), cwd=tree, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+        )
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        cpu0 = server_cpu(dsn)
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        result = json.loads(proc.stdout.readline())
+        cpu1 = server_cpu(dsn)
+        proc.wait(60)
+    return Run(
+        jobs / result["s"],
+        {"server ms/job": (cpu1 - cpu0) * 1000 / jobs, "submitter ms/job": result["cpu"] * 1000 / jobs},
+    )
+
+
+def has_submit_many(tree: Path) -> bool:
+    return "def submit_many" in (tree / "keyed_dispatch/postgres/_dispatcher.py").read_text()
 
 
 def report(name: str, runs: dict[str, list[Run]]) -> None:
@@ -403,18 +424,27 @@ def main(argv: list[str] | None = None) -> int:
                     lambda tree: live(dsn, tree, jobs=live_jobs, keys=64, processes=2, work=0.02),
                 )
             )
+        if "submit" in only:
+            workloads.append(
+                (
+                    f"submit: {one} jobs, one submit() each",
+                    lambda tree: submit_rate(dsn, tree, one, 0),
+                )
+            )
+            workloads.append(
+                (
+                    f"submit_many: {one * 10} jobs in batches of 500",
+                    lambda tree: submit_rate(dsn, tree, one * 10, 500),
+                )
+            )
         for title, measure in workloads:
             runs: dict[str, list[Run]] = {names[tree]: [] for tree in trees}
             for _ in range(args.rounds):
                 for tree in trees:
+                    if title.startswith("submit_many") and not has_submit_many(tree):
+                        continue
                     runs[names[tree]].append(measure(tree))
-            report(title, runs)
-        if "submit" in only:
-            print("  submit: jobs/s of one thread (median of rounds)")
-            for tree in trees:
-                rates = [submit_rate(dsn, tree, int(2000 * scale)) for _ in range(args.rounds)]
-                cells = ", ".join(f"{k} {statistics.median(r[k] for r in rates):.0f}" for k in rates[0])
-                print(f"    {names[tree]:<28} {cells}")
+            report(title, {name: results for name, results in runs.items() if results})
     finally:
         if server is not None:
             server.close()

@@ -572,7 +572,8 @@ class PostgresDispatcher:
         if func not in self._verified:
             self._check_function(func)
             self._verified.add(func)
-        return texts, dump_json(list(args), "job arguments"), dump_json(kwargs, "job keyword arguments")
+        args_json = dump_json(list(args), "job arguments") if args else "[]"
+        return texts, args_json, dump_json(kwargs, "job keyword arguments") if kwargs else "{}"
 
     def _submit(
         self,
@@ -608,11 +609,9 @@ class PostgresDispatcher:
             if self._closed:
                 raise DispatcherClosed("the dispatcher is closed")
         start_timeout, retry, supersede = self._job_options(options)
-        keys: list[str] = []
-        counts: list[int] = []
-        funcs: list[str] = []
-        args: list[str] = []
-        kwargs: list[str] = []
+        # The batch travels as one JSON document: [token, key texts, func,
+        # args, kwargs] per job (see submit_many() in the schema).
+        entries: list[str] = []
         for index, job in enumerate(jobs):
             if not isinstance(job, PostgresJob):
                 raise TypeError(
@@ -623,25 +622,19 @@ class PostgresDispatcher:
             except Exception as exc:
                 _add_note(exc, f"refused job {index} of the batch (nothing was submitted)")
                 raise
-            keys += texts
-            counts.append(len(texts))
-            funcs.append(job.func)
-            args.append(args_json)
-            kwargs.append(kwargs_json)
-        if not funcs:
+            entries.append(f"{json.dumps(texts)},{json.dumps(job.func)},{args_json},{kwargs_json}]")
+        if not entries:
             return []
-        tokens = [uuid.uuid4() for _ in funcs]
+        tokens = _tokens(len(entries))
         futures = [PostgresFuture(self, token) for token in tokens]
         with self._lock:
             self._after_fork()
             # Registered first: a job may finish before the batch returns.
             self._futures.update(zip(tokens, futures, strict=True))
+        payload = ",".join(f'["{token}",{entry}' for token, entry in zip(tokens, entries, strict=True))
         started = time.monotonic()
         try:
-            rows = self._call(
-                self._q.submit_many,
-                (tokens, keys, counts, funcs, args, kwargs, start_timeout, retry, supersede),
-            )
+            rows = self._call(self._q.submit_many, (f"[{payload}]", start_timeout, retry, supersede))
         except BaseException:
             with self._lock:
                 for token in tokens:
@@ -1025,6 +1018,12 @@ class PostgresOptions:
     def submit_many(self, jobs: Iterable[PostgresJob]) -> list[PostgresFuture]:
         """:meth:`PostgresDispatcher.submit_many` with this view's options, for every job of the batch."""
         return self._dispatcher._submit_many(jobs, self._options)
+
+
+def _tokens(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs, from one read of the system's randomness."""
+    raw = os.urandom(16 * count)
+    return [uuid.UUID(bytes=raw[start : start + 16], version=4) for start in range(0, 16 * count, 16)]
 
 
 def _add_note(error: BaseException, note: str) -> None:

@@ -951,19 +951,18 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION {s}.submit_many(p_tokens uuid[], p_keys text[], p_key_counts integer[], p_funcs text[],
-                                p_args jsonb[], p_kwargs jsonb[], p_start_timeout double precision,
-                                p_retry jsonb, p_supersede boolean)
+CREATE FUNCTION {s}.submit_many(p_jobs jsonb, p_start_timeout double precision, p_retry jsonb,
+                                p_supersede boolean)
 RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
--- Admits jobs as that many submit() calls in a row would, in one
--- transaction; returns their ids in order. Job i has p_funcs[i], p_args[i],
--- p_kwargs[i] and the next p_key_counts[i] keys of p_keys.
+-- Admits the jobs of p_jobs as that many submit() calls in a row would, in
+-- one transaction; returns their ids in order. p_jobs is a JSON array of
+-- [token, [key text, ...], func, args array, kwargs object], one per job.
 DECLARE
-    n integer := coalesce(cardinality(p_tokens), 0);
-    v_ids bigint[];
+    v_tokens uuid[];
     v_keys text[];
-    v_first integer := 1;
+    v_ids bigint[];
+    v_job jsonb;
     v_ready boolean;
     r record;
 BEGIN
@@ -971,18 +970,25 @@ BEGIN
         RAISE EXCEPTION 'keyed_dispatch submit needs READ COMMITTED, not %',
             current_setting('transaction_isolation');
     END IF;
-    IF n = 0 THEN
+    IF jsonb_typeof(p_jobs) IS DISTINCT FROM 'array' THEN
+        RAISE EXCEPTION 'submit_many needs a JSON array of jobs, got %', left(p_jobs::text, 100);
+    END IF;
+    IF jsonb_array_length(p_jobs) = 0 THEN
         RETURN;
     END IF;
-    IF coalesce(cardinality(p_key_counts), 0) <> n OR coalesce(cardinality(p_funcs), 0) <> n
-       OR coalesce(cardinality(p_args), 0) <> n OR coalesce(cardinality(p_kwargs), 0) <> n THEN
-        RAISE EXCEPTION 'submit_many needs as many key counts, functions, args and kwargs as tokens';
+    SELECT j INTO v_job FROM jsonb_array_elements(p_jobs) AS j
+    WHERE NOT coalesce(jsonb_typeof(j) = 'array' AND jsonb_array_length(j) = 5
+                       AND jsonb_typeof(j -> 0) = 'string' AND jsonb_typeof(j -> 1) = 'array'
+                       AND jsonb_typeof(j -> 2) = 'string' AND jsonb_typeof(j -> 3) = 'array'
+                       AND jsonb_typeof(j -> 4) = 'object', false)
+       OR EXISTS (SELECT 1 FROM jsonb_array_elements(j -> 1) AS k WHERE jsonb_typeof(k) <> 'string')
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a job of submit_many is %, got %',
+            '[token, [key text, ...], func, args array, kwargs object]', left(v_job::text, 200);
     END IF;
-    IF EXISTS (SELECT 1 FROM unnest(p_key_counts) AS c WHERE c IS NULL OR c < 1) THEN
+    IF EXISTS (SELECT 1 FROM jsonb_array_elements(p_jobs) AS j WHERE jsonb_array_length(j -> 1) = 0) THEN
         RAISE EXCEPTION 'a job needs at least one key';
-    END IF;
-    IF (SELECT sum(c) FROM unnest(p_key_counts) AS c) <> coalesce(cardinality(p_keys), 0) THEN
-        RAISE EXCEPTION 'submit_many needs as many keys as the key counts add up to';
     END IF;
     -- fail() reads the policy in a worker's transaction: a bad one is refused
     -- here (a missing field too: coalesce).
@@ -995,22 +1001,25 @@ BEGIN
         RAISE EXCEPTION 'a retry policy needs numbers attempts, backoff, max_backoff, jitter, %',
             format('deadline (or null) and an array on, got %s', p_retry);
     END IF;
+    v_tokens := ARRAY(SELECT (x.j ->> 0)::uuid FROM jsonb_array_elements(p_jobs) WITH ORDINALITY AS x(j, i)
+                      ORDER BY x.i);
     -- Every key of the batch, once, in the global order.
-    PERFORM {s}._lock_keys(p_keys);
+    v_keys := ARRAY(SELECT k FROM jsonb_array_elements(p_jobs) AS j, jsonb_array_elements_text(j -> 1) AS k);
+    PERFORM {s}._lock_keys(v_keys);
     -- A retried batch (its first attempt's commit was not acknowledged): it
     -- committed whole or not at all.
-    IF EXISTS (SELECT 1 FROM {s}.jobs WHERE token = ANY (p_tokens)) THEN
+    IF EXISTS (SELECT 1 FROM {s}.jobs j WHERE j.token = ANY (v_tokens)) THEN
         RETURN QUERY
-        SELECT j.id FROM unnest(p_tokens) WITH ORDINALITY AS t(token, i)
+        SELECT j.id FROM unnest(v_tokens) WITH ORDINALITY AS t(token, i)
         JOIN {s}.jobs j ON j.token = t.token ORDER BY t.i;
         RETURN;
     END IF;
     IF p_supersede THEN
         -- One job after the other, as submit() does: each may retire earlier
         -- jobs, of this batch too.
-        FOR i IN 1 .. n LOOP
-            v_keys := p_keys[v_first : v_first + p_key_counts[i] - 1];
-            v_first := v_first + p_key_counts[i];
+        FOR i IN 1 .. cardinality(v_tokens) LOOP
+            v_job := p_jobs -> (i - 1);
+            v_keys := ARRAY(SELECT jsonb_array_elements_text(v_job -> 1));
             FOR r IN
                 UPDATE {s}.jobs j SET state = 'superseded', finished_at = clock_timestamp()
                 WHERE j.id IN (SELECT jk.job_id FROM {s}.job_keys jk WHERE jk.key = ANY (v_keys))
@@ -1019,23 +1028,21 @@ BEGIN
             LOOP
                 PERFORM {s}._retire(r.id, r.keys);
             END LOOP;
-            RETURN NEXT {s}._admit(p_tokens[i], v_keys, p_funcs[i], p_args[i], p_kwargs[i],
+            RETURN NEXT {s}._admit(v_tokens[i], v_keys, v_job ->> 2, v_job -> 3, v_job -> 4,
                                    p_start_timeout, p_retry, true);
         END LOOP;
         RETURN;
     END IF;
     -- Drawn under the key locks and ascending in batch order: on every key,
     -- id order is admission order, as for submits in a row.
-    v_ids := ARRAY(SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id')) FROM generate_series(1, n)
-                   ORDER BY 1);
+    v_ids := ARRAY(SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id'))
+                   FROM generate_series(1, cardinality(v_tokens)) ORDER BY 1);
     WITH item AS (
-        SELECT x.i::integer AS i, v_ids[x.i] AS id, x.c,
-               (sum(x.c) OVER (ORDER BY x.i) - x.c + 1)::integer AS first
-        FROM unnest(p_key_counts) WITH ORDINALITY AS x(c, i)),
+        SELECT x.i::integer AS i, v_ids[x.i] AS id, x.j
+        FROM jsonb_array_elements(p_jobs) WITH ORDINALITY AS x(j, i)),
     item_key AS (
-        SELECT DISTINCT item.i, item.id, p_keys[k] AS key
-        FROM item, generate_series(item.first, item.first + item.c - 1) AS k),
-    busy AS (SELECT DISTINCT jk.key FROM {s}.job_keys jk WHERE jk.key = ANY (p_keys)),
+        SELECT DISTINCT item.i, item.id, k.key FROM item, jsonb_array_elements_text(item.j -> 1) AS k(key)),
+    busy AS (SELECT DISTINCT jk.key FROM {s}.job_keys jk WHERE jk.key = ANY (v_keys)),
     blocked AS (
         -- A job's key blocks it when an unfinished job holds the key, or an
         -- earlier job of this batch.
@@ -1047,8 +1054,8 @@ BEGIN
         GROUP BY ik.i),
     admitted AS (
         INSERT INTO {s}.jobs (id, token, keys, func, args, kwargs, blockers, deadline, retry, supersede)
-        SELECT item.id, p_tokens[item.i], p_keys[item.first : item.first + item.c - 1], p_funcs[item.i],
-               p_args[item.i], p_kwargs[item.i], blocked.n,
+        SELECT item.id, v_tokens[item.i], ARRAY(SELECT jsonb_array_elements_text(item.j -> 1)), item.j ->> 2,
+               item.j -> 3, item.j -> 4, blocked.n,
                clock_timestamp() + make_interval(secs => p_start_timeout), p_retry, false
         FROM item JOIN blocked ON blocked.i = item.i
         ORDER BY item.i
@@ -1083,10 +1090,7 @@ def migrations(schema: str) -> list[tuple[int, str]]:
 # The statements the Python side sends; ``{s}`` is the (validated) schema.
 _STATEMENTS = {
     "submit": "SELECT {s}.submit(%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s::jsonb, %s)",
-    "submit_many": (
-        "SELECT * FROM {s}.submit_many(%s::uuid[], %s::text[], %s::integer[], %s::text[], %s::jsonb[],"
-        " %s::jsonb[], %s, %s::jsonb, %s)"
-    ),
+    "submit_many": "SELECT * FROM {s}.submit_many(%s::jsonb, %s, %s::jsonb, %s)",
     "requeue": "SELECT {s}.requeue(%s, %s)",
     "pause": "SELECT {s}.pause(%s)",
     "resume": "SELECT {s}.resume(%s)",

@@ -181,23 +181,34 @@ def test_what_the_database_refuses_refuses_the_whole_batch(pg_dsn: str, pg_schem
         with pytest.raises(TypeError, match="PostgresJob items, got tuple at position 1"):
             d.submit_many([PostgresJob("k", ECHO), ("k", ECHO)])  # type: ignore[list-item]
         d.submit_many([PostgresJob("k", ECHO)])  # a pooled connection
+
         # Past the key check: a key too long for the index, refused by the server.
-        params = ([uuid.uuid4(), uuid.uuid4()], [key_text("k"), secrets.token_hex(5000)], [1, 1])
+        def batch(*jobs: list[Any]) -> str:
+            return json.dumps([[str(uuid.uuid4()), *job] for job in jobs])
+
+        huge = batch([[key_text("k")], ECHO, [], {}], [[secrets.token_hex(5000)], ECHO, [], {}])
         with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="index row"):
-            d._call(d._q.submit_many, (*params, [ECHO] * 2, ["[]"] * 2, ["{}"] * 2, None, None, False))
+            d._call(d._q.submit_many, (huge, None, None, False))
         assert len(d._idle) == 1  # the connection is fine: kept
         assert d.stats().queued == 1  # only the first batch's job
         # The function checks what it is given, as submit() does.
-        with pytest.raises(psycopg.errors.RaiseException, match="at least one key"):
-            d._call(d._q.submit_many, ([uuid.uuid4()], [], [0], [ECHO], ["[]"], ["{}"], None, None, False))
-        with pytest.raises(psycopg.errors.RaiseException, match="as many key counts"):
-            d._call(d._q.submit_many, ([uuid.uuid4()], ["1"], [1], [], [], [], None, None, False))
-        for policy in ('{"attempts": "many"}', "{}"):
-            with pytest.raises(psycopg.errors.RaiseException, match="retry policy needs numbers"):
+        refused = {
+            "at least one key": batch([[], ECHO, [], {}]),
+            "a job of submit_many is": batch([["1"], ECHO, {}, {}]),
+            "needs a JSON array": json.dumps({"jobs": []}),
+        }
+        for match, jobs in refused.items():
+            with pytest.raises(psycopg.errors.RaiseException, match=match):
+                d._call(d._q.submit_many, (jobs, None, None, False))
+        for bad in ([[1], ECHO, [], {}], [["1"], ECHO, []], "job"):
+            with pytest.raises(psycopg.errors.RaiseException, match="a job of submit_many is"):
                 d._call(
                     d._q.submit_many,
-                    ([uuid.uuid4()], ["1"], [1], [ECHO], ["[]"], ["{}"], None, policy, False),
+                    (batch(bad) if isinstance(bad, list) else f'["{bad}"]', None, None, False),
                 )
+        for policy in ('{"attempts": "many"}', "{}"):
+            with pytest.raises(psycopg.errors.RaiseException, match="retry policy needs numbers"):
+                d._call(d._q.submit_many, (batch([["1"], ECHO, [], {}]), None, policy, False))
         assert d.stats().queued == 1
 
 
