@@ -11,7 +11,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import _base as _futures_base
 from dataclasses import asdict, dataclass, field
@@ -165,6 +165,10 @@ class PostgresJob:
         object.__setattr__(self, "func", func)
         object.__setattr__(self, "args", args)
         object.__setattr__(self, "kwargs", kwargs)
+
+
+#: What submit_many() takes: a PostgresJob, or a ``(key, func, args, kwargs)`` tuple.
+BatchItem = PostgresJob | tuple[Hashable, str, Sequence[Any], Mapping[str, Any]]
 
 
 class PostgresFuture(Future[Any]):
@@ -520,13 +524,15 @@ class PostgresDispatcher:
         options = JobOptions(retry=retry, supersede=supersede, start_timeout=start_timeout)
         return PostgresOptions(self, options, None if retry is None else _retry_json(retry))
 
-    def submit_many(self, jobs: Iterable[PostgresJob]) -> list[PostgresFuture]:
+    def submit_many(self, jobs: Iterable[BatchItem]) -> list[PostgresFuture]:
         """Queue a batch of jobs in one transaction; return their futures, in order.
 
-        Each :class:`PostgresJob` is the job that ``submit`` (or
-        ``submit_multi``) would queue with the same arguments, and the batch
-        is admitted as that many submits in a row would be, in the order of
-        ``jobs``: on every key, a job of the batch runs after the jobs
+        Each item is a :class:`PostgresJob`, the job that ``submit`` (or
+        ``submit_multi``) would queue with the same arguments, or a plain
+        ``(key, func, args, kwargs)`` tuple, the job of ``submit(key, func,
+        *args, **kwargs)``. The batch is admitted as that many submits in a
+        row would be, in the order of ``jobs``: on every key, a job of the
+        batch runs after the jobs
         submitted before it (earlier jobs of the batch included) and before
         the ones submitted after the batch returns. All or nothing: every job
         is checked first, and a job that ``submit`` would refuse refuses the
@@ -541,7 +547,9 @@ class PostgresDispatcher:
         the distinct keys of one batch; keep batches to a few thousand keys.
 
         Raises:
-            TypeError: an item that is not a PostgresJob.
+            TypeError: an item that is neither a PostgresJob nor a ``(key,
+                func, args, kwargs)`` tuple (args a tuple or list, kwargs a
+                mapping with str keys).
             The errors of :meth:`submit`, under the same conditions; a
             lost connection is retried with the same job tokens, so a batch
             whose commit went unacknowledged returns its jobs.
@@ -602,7 +610,7 @@ class PostgresDispatcher:
         return future
 
     def _submit_many(
-        self, jobs: Iterable[PostgresJob], options: tuple[JobOptions, str | None] | None
+        self, jobs: Iterable[BatchItem], options: tuple[JobOptions, str | None] | None
     ) -> list[PostgresFuture]:
         with self._lock:
             self._after_fork()
@@ -612,12 +620,9 @@ class PostgresDispatcher:
         # The batch travels as one JSON document: [token, key texts, func,
         # args, kwargs] per job (see submit_many() in the schema).
         entries: list[str] = []
-        for index, job in enumerate(jobs):
-            if not isinstance(job, PostgresJob):
-                raise TypeError(
-                    f"submit_many takes PostgresJob items, got {type(job).__name__} at position {index}"
-                )
+        for index, item in enumerate(jobs):
             try:
+                job = item if isinstance(item, PostgresJob) else _job_of(item)
                 texts, args_json, kwargs_json = self._prepare(job.keys, job.func, job.args, job.kwargs)
             except Exception as exc:
                 _add_note(exc, f"refused job {index} of the batch (nothing was submitted)")
@@ -1015,9 +1020,31 @@ class PostgresOptions:
         """:meth:`PostgresDispatcher.submit_multi` with this view's options."""
         return self._dispatcher._submit(keys, func, args, kwargs, self._options)
 
-    def submit_many(self, jobs: Iterable[PostgresJob]) -> list[PostgresFuture]:
+    def submit_many(self, jobs: Iterable[BatchItem]) -> list[PostgresFuture]:
         """:meth:`PostgresDispatcher.submit_many` with this view's options, for every job of the batch."""
         return self._dispatcher._submit_many(jobs, self._options)
+
+
+def _job_of(item: object) -> PostgresJob:
+    """The PostgresJob a ``(key, func, args, kwargs)`` tuple stands for.
+
+    Raises:
+        TypeError: anything else; args that are text or not a sequence,
+            kwargs that are not a mapping with text keys.
+    """
+    if not isinstance(item, tuple) or len(item) != 4:
+        what = f"a tuple of {len(item)}" if isinstance(item, tuple) else type(item).__name__
+        raise TypeError(
+            f"submit_many takes PostgresJob items or (key, func, args, kwargs) tuples, got {what}"
+        )
+    key, func, args, kwargs = item
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence):
+        raise TypeError(
+            f"the args of a (key, func, args, kwargs) item are a tuple or a list, got {type(args).__name__}"
+        )
+    if not isinstance(kwargs, Mapping) or not all(isinstance(name, str) for name in kwargs):
+        raise TypeError("the kwargs of a (key, func, args, kwargs) item are a mapping with str keys")
+    return PostgresJob(key, func, *args, **kwargs)
 
 
 def _tokens(count: int) -> list[uuid.UUID]:

@@ -178,8 +178,19 @@ def test_a_bad_job_refuses_the_whole_batch_with_the_error_submit_gives(
 
 def test_what_the_database_refuses_refuses_the_whole_batch(pg_dsn: str, pg_schema: str) -> None:
     with PostgresDispatcher(pg_dsn, schema=pg_schema, max_connections=1) as d:
-        with pytest.raises(TypeError, match="PostgresJob items, got tuple at position 1"):
-            d.submit_many([PostgresJob("k", ECHO), ("k", ECHO)])  # type: ignore[list-item]
+        malformed: list[object] = [
+            ("k", ECHO),
+            ["k", ECHO, (), {}],
+            ("k", ECHO, "ab", {}),
+            ("k", ECHO, 1, {}),
+            ("k", ECHO, (), [("a", 1)]),
+            ("k", ECHO, (), {1: "a"}),
+        ]
+        for item in malformed:
+            with pytest.raises(TypeError, match=r"PostgresJob items or|the args of|the kwargs of") as error:
+                d.submit_many([PostgresJob("k", ECHO), item])  # type: ignore[list-item]
+            if hasattr(error.value, "__notes__"):
+                assert error.value.__notes__ == ["refused job 1 of the batch (nothing was submitted)"]
         d.submit_many([PostgresJob("k", ECHO)])  # a pooled connection
 
         # Past the key check: a key too long for the index, refused by the server.
@@ -258,6 +269,22 @@ def test_batch_futures_resolve_with_results_and_errors(
         assert futures[4].result(20) == {"args": [big], "kwargs": {}}
         assert [future.result(20)["args"] for future in futures[5:]] == [[n] for n in range(40)]
         assert d.stats().awaiting == 0
+
+
+def test_plain_tuples_are_jobs_too(pg_dsn: str, pg_schema: str, pg_worker: WorkerFactory) -> None:
+    pg_worker()
+    with PostgresDispatcher(pg_dsn, schema=pg_schema) as d:
+        futures = d.submit_many(
+            [("k", ECHO, (1, [2]), {"side": "buy"}), PostgresJob("k", ECHO, 3), (("t", 1), ECHO, [], {})]
+        )
+        assert [future.result(20) for future in futures] == [
+            {"args": [1, [2]], "kwargs": {"side": "buy"}},
+            {"args": [3], "kwargs": {}},
+            {"args": [], "kwargs": {}},
+        ]
+        assert sql(pg_dsn, f"SELECT keys FROM {pg_schema}.jobs WHERE id = %s", (futures[2].job_id,)) == [
+            (['["t",1]'],)
+        ]
 
 
 def test_a_batch_future_cancels_its_job(pg_dsn: str, pg_schema: str) -> None:
