@@ -786,9 +786,9 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA {s} FROM PUBLIC;
 # _lock_keys() do the same work in fewer statements. The hot functions plan
 # their statements once per session (plan_cache_mode: with array
 # parameters PostgreSQL would otherwise plan them again at every call, which
-# cost more than running them), and without sequential scans: they touch a
-# few rows through indexes, and on a small or not yet analyzed table the
-# planner would read the whole table instead. SECURITY DEFINER with a fixed
+# cost more than running them), and with index lookups and nested loops
+# only: they touch a few rows by their keys, and on a small or not yet
+# analyzed table the planner would scan a whole table or index instead. SECURITY DEFINER with a fixed
 # search_path, as in version 2.
 _V4 = """
 CREATE OR REPLACE FUNCTION {s}._lock_keys(p_keys text[]) RETURNS void LANGUAGE plpgsql AS $$
@@ -803,7 +803,8 @@ CREATE OR REPLACE FUNCTION {s}.claim(p_worker text, p_limit integer, p_lease dou
 RETURNS TABLE (id bigint, attempt integer, keys text[], func text, args jsonb, kwargs jsonb,
                waited double precision)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 #variable_conflict use_column
 DECLARE
     v_ids bigint[];
@@ -856,14 +857,14 @@ CREATE FUNCTION {s}.finish_claim(p_worker text, p_ids bigint[], p_attempts integ
 RETURNS TABLE (id bigint, attempt integer, keys text[], func text, args jsonb, kwargs jsonb,
                waited double precision)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
+SET plan_cache_mode = force_generic_plan SET enable_seqscan = off SET enable_bitmapscan = off
+SET enable_hashjoin = off SET enable_mergejoin = off AS $$
 -- Records the attempts (p_ids, p_attempts) as completed with p_results, as
 -- finish() would, then claims up to p_limit jobs, as claim() would. Returns
 -- the claimed jobs, and a row with only id and attempt (func NULL) for each
 -- attempt refused as stale (fenced).
 #variable_conflict use_column
 DECLARE
-    v_keys text[];
     v_done bigint[] := ARRAY[]::bigint[];
     v_woken bigint[] := ARRAY[]::bigint[];
     v_claimed bigint[] := ARRAY[]::bigint[];
@@ -873,9 +874,10 @@ DECLARE
     r record;
 BEGIN
     IF cardinality(p_ids) > 0 THEN
-        -- All the keys at once, so the locks are taken in the global order.
-        SELECT array_agg(k) INTO v_keys FROM {s}.jobs j, unnest(j.keys) AS k WHERE j.id = ANY (p_ids);
-        PERFORM {s}._lock_keys(v_keys);
+        -- All the keys at once, in the global order (as _lock_keys).
+        PERFORM pg_advisory_xact_lock({lock}, sorted.h)
+        FROM (SELECT DISTINCT hashtext(k) AS h FROM {s}.jobs j, unnest(j.keys) AS k
+              WHERE j.id = ANY (p_ids) ORDER BY 1) AS sorted;
         FOR r IN
             UPDATE {s}.jobs j
             SET state = 'completed', result = m.result, finished_at = clock_timestamp(), lease_until = NULL
