@@ -23,6 +23,7 @@ __all__ = [
     "dump_json",
     "error_name",
     "error_names",
+    "json_text",
     "key_text",
     "key_value",
     "resolve_function",
@@ -33,7 +34,8 @@ _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
 
 # json.dumps() with arguments builds an encoder at every call; these are
 # built once (the same output).
-_json_text = json.JSONEncoder(ensure_ascii=False).encode
+#: ``json.dumps(value, ensure_ascii=False)``: a str as a JSON string.
+json_text = json.JSONEncoder(ensure_ascii=False).encode
 _strict_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
 
 
@@ -113,7 +115,7 @@ def key_text(key: Hashable) -> str:
             text longer than :data:`MAX_KEY_BYTES`.
     """
     if type(key) is str:  # the common case, first
-        text = _json_text(key)
+        text = json_text(key)
     else:
         parts: list[str] = []
         _encode(key, key, parts, 0)
@@ -138,7 +140,7 @@ def _encode(part: object, key: Hashable, out: list[str], depth: int) -> None:
     """Append the canonical text of ``part`` (of ``key``) to ``out``."""
     kind = type(part)
     if isinstance(part, str) and _faithful(kind, str):
-        out.append(_json_text(str.__str__(part)))
+        out.append(json_text(str.__str__(part)))
     elif isinstance(part, int) and _faithful(kind, int):
         if part.bit_length() > 4 * MAX_KEY_BYTES:  # str() of it would be long, or refused
             raise ValueError(f"key text is more than the {MAX_KEY_BYTES} bytes a key may take: int too large")

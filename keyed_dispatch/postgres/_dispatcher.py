@@ -32,6 +32,7 @@ from ._common import (
     connect,
     dump_json,
     error_name,
+    json_text,
     key_text,
     key_value,
     resolve_function,
@@ -620,6 +621,7 @@ class PostgresDispatcher:
         # The batch travels as one JSON document: [token, key texts, func,
         # args, kwargs] per job (see submit_many() in the schema).
         entries: list[str] = []
+        quoted: dict[str, str] = {}  # function names as JSON
         for index, item in enumerate(jobs):
             try:
                 job = item if isinstance(item, PostgresJob) else _job_of(item)
@@ -627,7 +629,9 @@ class PostgresDispatcher:
             except Exception as exc:
                 _add_note(exc, f"refused job {index} of the batch (nothing was submitted)")
                 raise
-            entries.append(f"{json.dumps(texts)},{json.dumps(job.func)},{args_json},{kwargs_json}]")
+            func = quoted.get(job.func) or quoted.setdefault(job.func, json_text(job.func))
+            keys = ",".join(map(json_text, texts))
+            entries.append(f"[{keys}],{func},{args_json},{kwargs_json}]")
         if not entries:
             return []
         tokens = _tokens(len(entries))

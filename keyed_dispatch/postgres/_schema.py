@@ -963,6 +963,7 @@ SET plan_cache_mode = force_generic_plan SET enable_seqscan = off AS $$
 DECLARE
     v_tokens uuid[];
     v_keys text[];
+    v_sequence regclass;
     v_ids bigint[];
     v_job jsonb;
     v_ready boolean;
@@ -1037,8 +1038,8 @@ BEGIN
     END IF;
     -- Drawn under the key locks and ascending in batch order: on every key,
     -- id order is admission order, as for submits in a row.
-    v_ids := ARRAY(SELECT nextval(pg_get_serial_sequence('{s}.jobs', 'id'))
-                   FROM generate_series(1, cardinality(v_tokens)) ORDER BY 1);
+    v_sequence := pg_get_serial_sequence('{s}.jobs', 'id')::regclass;
+    v_ids := ARRAY(SELECT nextval(v_sequence) FROM generate_series(1, cardinality(v_tokens)) ORDER BY 1);
     WITH item AS (
         SELECT x.i::integer AS i, v_ids[x.i] AS id, x.j
         FROM jsonb_array_elements(p_jobs) WITH ORDINALITY AS x(j, i)),
