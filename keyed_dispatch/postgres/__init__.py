@@ -26,8 +26,7 @@ these grants (shown for the default schema and two roles of your naming)::
     GRANT USAGE ON SCHEMA keyed_dispatch TO kd_submitter, kd_worker;
     GRANT EXECUTE ON FUNCTION
         keyed_dispatch.submit(uuid, text[], text, jsonb, jsonb, double precision, jsonb, boolean),
-        keyed_dispatch.submit_many(uuid[], text[], integer[], text[], jsonb[], jsonb[],
-                                   double precision, jsonb, boolean),
+        keyed_dispatch.submit_many(jsonb, double precision, jsonb, boolean),
         keyed_dispatch.cancel(bigint),
         keyed_dispatch.expire(integer),
         keyed_dispatch.pause(text),
