@@ -430,9 +430,11 @@ class _Worker:
         """Record ``unrecorded`` (each is removed once recorded); the jobs claimed along.
 
         Completed jobs are recorded in one round trip that also claims up to
-        ``limit`` jobs (None: as many as the slots free then). Returns None
-        when no claim was made (nothing completed, or the schema predates
-        finish_claim).
+        ``limit`` jobs (None: as many as were recorded, a job for a job: a
+        worker takes more only as any idle worker would, by a claim of its
+        own, so that keys do not gather on the worker that finished first).
+        Returns None when no claim was made (nothing completed, or the
+        schema predates finish_claim).
         """
         completed: list[_Outcome] = []
         for outcome in list(unrecorded):
@@ -445,7 +447,7 @@ class _Worker:
             return None
         jobs = [outcome[0] for outcome in completed]
         if limit is None:
-            limit = self.concurrency - len(running) + len(jobs)
+            limit = len(jobs)
         try:
             rows = conn.execute(
                 self.q.finish_claim,
