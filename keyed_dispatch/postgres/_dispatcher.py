@@ -547,13 +547,15 @@ class PostgresDispatcher:
         ``max_connections``, 6400 by default, shared by every session) bounds
         the distinct keys of one batch; keep batches to a few thousand keys.
 
+        A job that :meth:`submit` would refuse raises the error ``submit``
+        raises, under the same conditions. A lost connection is retried with
+        the same job tokens, so a batch whose commit went unacknowledged
+        returns its jobs.
+
         Raises:
             TypeError: an item that is neither a PostgresJob nor a ``(key,
                 func, args, kwargs)`` tuple (args a tuple or list, kwargs a
                 mapping with str keys).
-            The errors of :meth:`submit`, under the same conditions; a
-            lost connection is retried with the same job tokens, so a batch
-            whose commit went unacknowledged returns its jobs.
         """
         return self._submit_many(jobs, None)
 
