@@ -26,6 +26,7 @@ these grants (shown for the default schema and two roles of your naming)::
     GRANT USAGE ON SCHEMA keyed_dispatch TO kd_submitter, kd_worker;
     GRANT EXECUTE ON FUNCTION
         keyed_dispatch.submit(uuid, text[], text, jsonb, jsonb, double precision, jsonb, boolean),
+        keyed_dispatch.submit_many(jsonb, double precision, jsonb, boolean),
         keyed_dispatch.cancel(bigint),
         keyed_dispatch.expire(integer),
         keyed_dispatch.pause(text),
@@ -41,6 +42,7 @@ these grants (shown for the default schema and two roles of your naming)::
         keyed_dispatch.claim(text, integer, double precision),
         keyed_dispatch.heartbeat(text, bigint[], integer[], double precision),
         keyed_dispatch.finish(bigint, integer, text, jsonb, text, text),
+        keyed_dispatch.finish_claim(text, bigint[], integer[], jsonb[], integer, double precision),
         keyed_dispatch.fail(bigint, integer, text[], text),
         keyed_dispatch.recover(integer),
         keyed_dispatch.expire(integer),
@@ -78,6 +80,7 @@ from ._dispatcher import (
     PostgresDeadLetter,
     PostgresDispatcher,
     PostgresFuture,
+    PostgresJob,
     PostgresOptions,
     PostgresStats,
 )
@@ -96,6 +99,7 @@ __all__ = [
     "PostgresDeadLetter",
     "PostgresDispatcher",
     "PostgresFuture",
+    "PostgresJob",
     "PostgresOptions",
     "PostgresStats",
     "current_job",

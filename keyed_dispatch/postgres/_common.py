@@ -23,6 +23,7 @@ __all__ = [
     "dump_json",
     "error_name",
     "error_names",
+    "json_text",
     "key_text",
     "key_value",
     "resolve_function",
@@ -30,6 +31,12 @@ __all__ = [
 ]
 
 _FUNCTION_NAME = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*\Z")
+
+# json.dumps() with arguments builds an encoder at every call; these are
+# built once (the same output).
+#: ``json.dumps(value, ensure_ascii=False)``: a str as a JSON string.
+json_text = json.JSONEncoder(ensure_ascii=False).encode
+_strict_json = json.JSONEncoder(allow_nan=False, ensure_ascii=False).encode
 
 
 class DatabaseUnavailable(KeyedDispatchError, ConnectionError):  # named like the core's errors
@@ -108,7 +115,7 @@ def key_text(key: Hashable) -> str:
             text longer than :data:`MAX_KEY_BYTES`.
     """
     if type(key) is str:  # the common case, first
-        text = json.dumps(key, ensure_ascii=False)
+        text = json_text(key)
     else:
         parts: list[str] = []
         _encode(key, key, parts, 0)
@@ -133,7 +140,7 @@ def _encode(part: object, key: Hashable, out: list[str], depth: int) -> None:
     """Append the canonical text of ``part`` (of ``key``) to ``out``."""
     kind = type(part)
     if isinstance(part, str) and _faithful(kind, str):
-        out.append(json.dumps(str.__str__(part), ensure_ascii=False))
+        out.append(json_text(str.__str__(part)))
     elif isinstance(part, int) and _faithful(kind, int):
         if part.bit_length() > 4 * MAX_KEY_BYTES:  # str() of it would be long, or refused
             raise ValueError(f"key text is more than the {MAX_KEY_BYTES} bytes a key may take: int too large")
@@ -248,7 +255,7 @@ def dump_json(value: Any, what: str) -> str:
         ValueError: a string in ``value`` holds a NUL or a lone surrogate.
     """
     try:
-        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text = _strict_json(value)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{what} must be JSON-serializable: {exc}") from None
     if "\\u0000" in text and _JSON_NUL.search(text):

@@ -197,6 +197,10 @@ _worker_numbers = itertools.count(1)
 
 _GIVE_UP_WHEN_STOPPING = 5
 
+# Seconds to wait for the next of several jobs finishing together (see
+# _Worker._gather): short next to a round trip to the database.
+_GATHER = 0.0002
+
 
 def _backoff(failures: int) -> float:
     """Seconds to wait before reconnection attempt ``failures``: 0.1, 0.2, ... 2."""
@@ -222,7 +226,8 @@ def _retryable(conn: psycopg.Connection[Any], exc: BaseException) -> bool:
     return conn.broken or conn.closed or isinstance(exc, _TRANSIENT)
 
 
-def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
+def _check_version(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The installed schema version, if this worker can run on it."""
     version = schema_version(conn, schema)
     if version is None:
         raise RuntimeError(
@@ -233,6 +238,7 @@ def _check_version(conn: psycopg.Connection[Any], schema: str) -> None:
         raise RuntimeError(
             f"schema {schema} is at version {version}, newer than this worker ({SCHEMA_VERSION})"
         )
+    return version
 
 
 class _Worker:
@@ -271,13 +277,16 @@ class _Worker:
         self.ran = 0
         # When the earliest retry this worker scheduled is due (monotonic), or None.
         self.retry_due: float | None = None
+        # Whether the schema has finish_claim() (version 4).
+        self.combined = True
 
     # -- main loop ------------------------------------------------------------
 
     def run(self) -> int:
         first = connect(self.dsn, application_name=f"keyed_dispatch worker {self.name}")
         try:
-            _check_version(first, self.schema)
+            # A schema before version 4 has no finish_claim(): finish and claim apart.
+            self.combined = _check_version(first, self.schema) >= 4
         except BaseException:
             first.close()
             raise
@@ -303,10 +312,11 @@ class _Worker:
                         logger.info("worker %s reconnected", self.name)
                     while not self.done.empty():  # the only consumer: get() cannot block
                         unrecorded.append(self.done.get())
-                    while unrecorded:
-                        self._record(conn, unrecorded[0])
-                        del running[unrecorded.pop(0)[0].job_id]
-                        self.ran += 1
+                    self._gather(unrecorded, len(running))
+                    # None: no claim was made along with the results.
+                    claimed = self._record_all(conn, unrecorded, running, 0 if stopping else None)
+                    if claimed:  # started at once: a lost connection below must not orphan them
+                        self._start(claimed, running, pool)
                     now = time.monotonic()
                     if now >= next_maintenance:
                         self._maintain(conn)
@@ -317,12 +327,9 @@ class _Worker:
                     if self.retry_due is not None and now >= self.retry_due:
                         self.retry_due = None  # claimed below, by this worker or another
                     free = self.concurrency - len(running)
-                    claimed: list[_Claimed] = []
-                    if free and not stopping:
-                        claimed = self._claim(conn, free)
-                        for job in claimed:
-                            running[job.job_id] = job
-                            pool.submit(self._execute, job)
+                    if claimed is None:
+                        claimed = self._claim(conn, free) if free and not stopping else []
+                        self._start(claimed, running, pool)
                     # Burst: done once nothing runs, nothing was claimed and no
                     # retry this worker scheduled waits.
                     finished = self.burst and not running and not claimed and self.retry_due is None
@@ -392,8 +399,91 @@ class _Worker:
 
     # -- database steps -------------------------------------------------------
 
+    def _gather(self, unrecorded: list[_Outcome], running: int) -> None:
+        """Wait for the outcomes of jobs finishing right after the first, to record them in one round trip.
+
+        Only while they come one after the other (each within _GATHER
+        seconds of the last): short jobs started together are recorded
+        together, a long job costs one such wait.
+        """
+        while unrecorded and len(unrecorded) < running:
+            try:
+                unrecorded.append(self.done.get(timeout=_GATHER))
+            except queue.Empty:
+                return
+
     def _claim(self, conn: psycopg.Connection[Any], limit: int) -> list[_Claimed]:
-        rows = conn.execute(self.q.claim, (self.name, limit, self.lease)).fetchall()
+        return self._claimed(conn.execute(self.q.claim, (self.name, limit, self.lease)).fetchall())
+
+    def _start(self, claimed: list[_Claimed], running: dict[int, _Claimed], pool: ThreadPoolExecutor) -> None:
+        for job in claimed:
+            running[job.job_id] = job
+            pool.submit(self._execute, job)
+
+    def _record_all(
+        self,
+        conn: psycopg.Connection[Any],
+        unrecorded: list[_Outcome],
+        running: dict[int, _Claimed],
+        limit: int | None,
+    ) -> list[_Claimed] | None:
+        """Record ``unrecorded`` (each is removed once recorded); the jobs claimed along.
+
+        Completed jobs are recorded in one round trip that also claims up to
+        ``limit`` jobs (None: as many as were recorded, a job for a job: a
+        worker takes more only as any idle worker would, by a claim of its
+        own, so that keys do not gather on the worker that finished first).
+        Returns None when no claim was made (nothing completed, or the
+        schema predates finish_claim).
+        """
+        completed: list[_Outcome] = []
+        for outcome in list(unrecorded):
+            if outcome[1] == "completed" and self.combined:
+                completed.append(outcome)
+                continue
+            self._record(conn, outcome)
+            self._recorded(outcome, unrecorded, running)
+        if not completed:
+            return None
+        jobs = [outcome[0] for outcome in completed]
+        if limit is None:
+            limit = len(jobs)
+        try:
+            rows = conn.execute(
+                self.q.finish_claim,
+                (
+                    self.name,
+                    [job.job_id for job in jobs],
+                    [job.attempt for job in jobs],
+                    [outcome[2] for outcome in completed],
+                    limit,
+                    self.lease,
+                ),
+            ).fetchall()
+        except psycopg.Error as exc:
+            if _retryable(conn, exc):
+                raise
+            # The database refused a result (too large for jsonb, ...): one
+            # by one, so that only that job fails, with the reason.
+            logger.info("worker %s: recording %d results one by one: %s", self.name, len(jobs), exc)
+            for outcome in completed:
+                self._record(conn, outcome)
+                self._recorded(outcome, unrecorded, running)
+            return None
+        for outcome in completed:
+            self._recorded(outcome, unrecorded, running)
+        by_id = {job.job_id: job for job in jobs}
+        for row in rows:
+            if row[3] is None:  # a refused attempt: id and attempt only
+                self._rejected(by_id[int(row[0])])
+        return self._claimed([row for row in rows if row[3] is not None])
+
+    def _recorded(self, outcome: _Outcome, unrecorded: list[_Outcome], running: dict[int, _Claimed]) -> None:
+        unrecorded.remove(outcome)
+        del running[outcome[0].job_id]
+        self.ran += 1
+
+    def _claimed(self, rows: list[tuple[Any, ...]]) -> list[_Claimed]:
         claimed = [
             _Claimed(
                 int(job_id),

@@ -17,7 +17,7 @@ psycopg = pytest.importorskip("psycopg")
 
 import keyed_dispatch.demo._recording  # noqa: E402  # registers the recorded jobs
 import keyed_dispatch.postgres  # noqa: E402
-from keyed_dispatch.postgres import JobFailed, PostgresDispatcher, job_function, run_worker  # noqa: E402
+from keyed_dispatch.postgres import JobFailed, PostgresDispatcher, PostgresJob, job_function, run_worker  # noqa: E402
 from keyed_dispatch.postgres._cli import main as worker_main  # noqa: E402
 from keyed_dispatch.postgres._registry import function_name, registered, registered_function  # noqa: E402
 from tests.conftest import WorkerFactory  # noqa: E402
@@ -163,13 +163,17 @@ def test_the_documented_grants_are_enough_and_no_more(pg_dsn: str, roles: dict[s
         worker = pool.submit(run_worker, as_role["worker"], schema=schema, stop=stop, poll_interval=0.2)
         try:
             done = d.submit("k", "tests.postgres.tasks:echo", 1)
+            [batched] = d.submit_many([PostgresJob("k", "tests.postgres.tasks:echo", 2)])
             assert done.result(20) == {"args": [1], "kwargs": {}}
-            assert (d.stats().completed, d.stats().cancelled) == (1, 1)
+            assert batched.result(20) == {"args": [2], "kwargs": {}}
+            assert (d.stats().completed, d.stats().cancelled) == (2, 1)
         finally:
             stop.set()
-        assert worker.result(20) == 1
+        assert worker.result(20) == 2
     for role, statement in [
         ("submitter", f"SELECT * FROM {schema}.claim('me', 1, 30)"),
+        ("submitter", f"SELECT * FROM {schema}.finish_claim('me', '{{}}', '{{}}', '{{}}', 1, 30)"),
+        ("worker", f"SELECT * FROM {schema}.submit_many('[]', NULL, NULL, false)"),
         ("submitter", f"UPDATE {schema}.jobs SET state = 'completed'"),
         ("submitter", f"DELETE FROM {schema}.job_keys"),
         ("worker", f"SELECT * FROM {schema}.jobs"),
