@@ -840,6 +840,14 @@ class Engine:
         """Whether a job is runnable and waits for a worker."""
         return bool(self._ready)
 
+    def ready_count(self) -> int:
+        """How many jobs may be runnable and waiting for a worker, at most.
+
+        An upper bound: a job killed while runnable is counted until a take
+        meets it.
+        """
+        return len(self._ready)
+
     def has_blocks(self) -> bool:
         """Whether an ``exclusive`` block is runnable and waits for its grant."""
         return bool(self._ready_blocks)
