@@ -490,13 +490,18 @@ class Engine:
             timings.wait.add(waited)
         return job
 
-    def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
+    def finish(
+        self, job: Job, outcome: int, error: BaseException | None, now: float, covered: int = 0
+    ) -> Job | None:
         """``release(job, ...)`` then ``take(now)``, for a runner that is free.
 
         The fast path of a key's chain: when the job's successor on its one
         key becomes runnable and is older than every other runnable job, it
         is started directly, without a trip through the heap. The choice is
-        the one ``take`` would make.
+        the one ``take`` would make. ``covered``: runnable jobs that another
+        runner is already on its way to take; while no more are waiting,
+        nothing waits for this runner, and the chain goes on without a
+        hand-off.
         """
         keys = job.keys
         if len(keys) != 1 or (outcome == FAILED and self._halt_on_error) or self._paused:
@@ -531,7 +536,7 @@ class Engine:
                 # waits, or it is the oldest runnable job and its key has
                 # not used up its batch ahead of the waiting ones.
                 ready = self._ready
-                if not ready:
+                if len(ready) <= covered:
                     head.blockers = 0
                     head.streak = 0
                     return self._start(head, now)

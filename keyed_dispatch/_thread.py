@@ -764,7 +764,7 @@ class KeyedDispatcher(Runner):
                         self._backoff_locked(job, delay)  # type: ignore[arg-type]
                         job = engine.take(_monotonic())
                     else:
-                        job = finish(job, outcome, error, _monotonic())
+                        job = finish(job, outcome, error, _monotonic(), self._coming)
                     error = None
                     if engine.has_blocks():
                         self._grant_blocks_locked()
