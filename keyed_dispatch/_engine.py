@@ -575,13 +575,18 @@ class Engine:
             timings.wait.add(waited)
         return job
 
-    def finish(self, job: Job, outcome: int, error: BaseException | None, now: float) -> Job | None:
+    def finish(
+        self, job: Job, outcome: int, error: BaseException | None, now: float, covered: int = 0
+    ) -> Job | None:
         """``release(job, ...)`` then ``take(now)``, for a runner that is free.
 
         The fast path of a key's chain: when the job's successor on its one
         key becomes runnable and is older than every other runnable job, it
         is started directly, without a trip through the heap. The choice is
-        the one ``take`` would make.
+        the one ``take`` would make. ``covered``: runnable jobs that another
+        runner is already on its way to take; while no more are waiting,
+        nothing waits for this runner, and the chain goes on without a
+        hand-off.
         """
         keys = job.keys
         if len(keys) != 1 or (outcome == FAILED and self._halt_on_error) or self._paused:
@@ -616,7 +621,7 @@ class Engine:
                 # waits, or it is the oldest runnable job and its key has
                 # not used up its batch ahead of the waiting ones.
                 ready = self._ready
-                if not ready:
+                if len(ready) <= covered:
                     head.blockers = 0
                     head.streak = 0
                     return self._start(head, now)
@@ -924,6 +929,14 @@ class Engine:
     def has_ready(self) -> bool:
         """Whether a job is runnable and waits for a worker."""
         return bool(self._ready)
+
+    def ready_count(self) -> int:
+        """How many jobs may be runnable and waiting for a worker, at most.
+
+        An upper bound: a job killed while runnable is counted until a take
+        meets it.
+        """
+        return len(self._ready)
 
     def has_blocks(self) -> bool:
         """Whether an ``exclusive`` block is runnable and waits for its grant."""

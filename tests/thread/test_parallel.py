@@ -4,10 +4,12 @@ conservation themselves are in tests/contract/test_parallel.py)."""
 
 from __future__ import annotations
 
+import random
 import threading
 from concurrent.futures import Future
 from typing import Any
 
+from keyed_dispatch import KeyedDispatcher
 from keyed_dispatch._engine import HOT_BATCH
 from tests.helpers import WAIT, Gates, MakeDispatcher, wait_until
 
@@ -116,3 +118,78 @@ def test_job_ids_stay_unique_when_a_hot_key_yields_its_turn(
         future.result(WAIT)
     assert len(set(ids)) == len(ids) == len(futures)
     assert all(job_id.rsplit("-", 1)[1].isdigit() for job_id in ids)
+
+
+def _warm(d: KeyedDispatcher, workers: int) -> None:
+    # Start ``workers`` threads (jobs that meet at a barrier) and wait until
+    # all of them are idle again.
+    meet = threading.Barrier(workers, timeout=WAIT)
+    for future in [d.submit(f"warm-{i}", meet.wait) for i in range(workers)]:
+        future.result(WAIT)
+    wait_until(lambda: d.stats().idle_workers == workers, what="every worker idle")
+
+
+def test_jobs_a_release_makes_runnable_wake_idle_workers(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # A multi-key job's end makes three jobs runnable: the finishing worker
+    # takes one, and the two idle workers must run the others meanwhile (the
+    # three meet at a barrier), without a new thread.
+    d = make_dispatcher(3)
+    _warm(d, 3)
+    gate = gates.new()
+    first = d.submit_multi(["a", "b", "c"], gate.wait, WAIT)
+    meet = threading.Barrier(3, timeout=WAIT)
+    followers = [d.submit(key, meet.wait) for key in "abc"]
+    wait_until(lambda: (d.stats().running, d.stats().pending) == (1, 3), what="the followers queued")
+    gate.set()
+    first.result(WAIT)
+    for future in followers:
+        future.result(WAIT)
+    assert d.stats().workers == 3
+    wait_until(lambda: d.stats().idle_workers == 3, what="every worker idle again")
+
+
+def test_workers_sent_for_jobs_are_all_back_idle_after_a_burst(make_dispatcher: MakeDispatcher) -> None:
+    # Many releases at once, with workers idle: a woken worker may find its
+    # job taken by a busy one. None is lost: all end idle, and each key's
+    # jobs ran, in order.
+    d = make_dispatcher(4)
+    _warm(d, 4)
+    rng = random.Random(7)
+    keys = [f"k{n}" for n in range(6)]
+    seen: dict[str, list[int]] = {key: [] for key in keys}
+    expected: dict[str, list[int]] = {key: [] for key in keys}
+
+    def record(n: int, keyset: list[str]) -> None:
+        for key in keyset:
+            seen[key].append(n)
+
+    futures = []
+    for n in range(2000):
+        keyset = rng.sample(keys, rng.choice((1, 2, 3)))
+        for key in keyset:
+            expected[key].append(n)
+        futures.append(d.submit_multi(keyset, record, n, keyset))
+    for future in futures:
+        future.result(WAIT)
+    assert seen == expected
+    wait_until(lambda: d.stats().idle_workers == d.stats().workers, what="every worker idle again")
+    assert d.submit("after", lambda: "ran").result(WAIT) == "ran"
+
+
+def test_shutdown_right_after_a_release_waits_for_the_woken_workers(
+    make_dispatcher: MakeDispatcher, gates: Gates
+) -> None:
+    # Workers are on their way to the jobs a release made runnable when the
+    # shutdown starts: it still runs those jobs and joins every thread.
+    d = make_dispatcher(4)
+    _warm(d, 4)
+    gate = gates.new()
+    first = d.submit_multi(["a", "b", "c", "d"], gate.wait, WAIT)
+    followers = [d.submit(key, lambda key=key: key) for key in "abcd"]
+    gate.set()
+    d.shutdown(wait=True)
+    assert first.done()
+    assert [future.result(0) for future in followers] == list("abcd")
+    assert d.stats().workers == 0
