@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from . import pg_runner
+from .report import CHART_SKIPPED, load_pyplot
 from .suite import _machine
 
 __all__ = ["SIZES", "Size", "check_order", "goals", "main", "table"]
@@ -802,19 +803,10 @@ def chart(results: dict[str, Any], path: Path) -> str:
     Returns what was done: the chart is skipped, with that reason, when
     matplotlib (the ``bench`` extra) is not installed.
     """
-    try:
-        # Optional (the ``bench`` extra): mypy may run where it is missing.
-        import matplotlib as mpl  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-        mpl.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-        from matplotlib.lines import Line2D  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-        from matplotlib.patches import Patch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        return (
-            "chart skipped: matplotlib is not installed: pip install 'keyed_dispatch[bench]' "
-            "(from a checkout: pip install -e '.[bench]')"
-        )
+    loaded = load_pyplot()
+    if loaded is None:
+        return CHART_SKIPPED
+    plt, Line2D, Patch = loaded  # noqa: N806  # matplotlib's class names
     rows: list[Row] = results["rows"]
     noop_workers = sorted({row["workers"] for row in rows if row["workload"] == "noop-keys"})
     # (title, y label, groups as (workload, metric, workers, label), goal as (group, value))

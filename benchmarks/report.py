@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SUITE", "SYSTEMS", "chart", "goals", "summary", "table", "to_json"]
+__all__ = [
+    "CHART_SKIPPED",
+    "SUITE",
+    "SYSTEMS",
+    "chart",
+    "goals",
+    "load_pyplot",
+    "summary",
+    "table",
+    "to_json",
+]
 
 Row = dict[str, Any]
 
@@ -16,6 +26,28 @@ SUITE = "keyed_dispatch benchmarks"
 
 #: KeyedDispatcher's row name; the other thread systems are its baselines.
 OURS = "keyed"
+
+#: What a chart function returns when matplotlib is missing.
+CHART_SKIPPED = (
+    "chart skipped: matplotlib is not installed: pip install 'keyed_dispatch[bench]' "
+    "(from a checkout: pip install -e '.[bench]')"
+)
+
+
+def load_pyplot() -> tuple[Any, Any, Any] | None:
+    """matplotlib's ``pyplot``, ``Line2D`` and ``Patch`` (Agg backend); None without the ``bench`` extra."""
+    try:
+        # Optional (the ``bench`` extra): mypy may run where it is missing.
+        import matplotlib as mpl  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+
+        mpl.use("Agg")
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+        from matplotlib.lines import Line2D  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+        from matplotlib.patches import Patch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
+    except ImportError:
+        return None
+    return plt, Line2D, Patch
+
 
 #: Each system's row name, with what it is: (short label, description).
 SYSTEMS: dict[str, tuple[str, str]] = {
@@ -446,19 +478,10 @@ def chart(results: dict[str, Any], path: Path) -> str:
     Returns a line saying what was done: the chart is skipped, with that
     reason, when matplotlib (the ``bench`` extra) is not installed.
     """
-    try:
-        # Optional (the ``bench`` extra): mypy may run where it is missing.
-        import matplotlib as mpl  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-
-        mpl.use("Agg")
-        import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-        from matplotlib.lines import Line2D  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-        from matplotlib.patches import Patch  # type: ignore[import-not-found,unused-ignore]  # noqa: PLC0415
-    except ImportError:
-        return (
-            "chart skipped: matplotlib is not installed: pip install 'keyed_dispatch[bench]' "
-            "(from a checkout: pip install -e '.[bench]')"
-        )
+    loaded = load_pyplot()
+    if loaded is None:
+        return CHART_SKIPPED
+    plt, Line2D, Patch = loaded  # noqa: N806  # matplotlib's class names
     rows: list[Row] = results["rows"]
     systems = [s for s in results["params"]["systems"] if any(r["system"] == s for r in rows)]
 

@@ -635,16 +635,7 @@ class Engine:
                 # comes off it in the same heap operation (the successor
                 # itself if ``ready`` held only killed jobs).
                 head.blockers = 0
-                while ready and ready[0][1].state != QUEUED:
-                    heapq.heappop(ready)  # killed while runnable
-                place: float = head.seq
-                if not ready or place > ready[0][0]:
-                    head.streak = 0
-                elif streak >= HOT_BATCH:
-                    place = ready[0][0] + 0.5
-                    head.streak = 0
-                else:
-                    head.streak = streak
+                place = self._ready_place(head, streak)
                 return self._start(heapq.heappushpop(ready, (place, head))[1], now)
             self._advance(key, shard, job.streak + 1)
         return self.take(now)
@@ -781,20 +772,7 @@ class Engine:
                 if head.fn is None:
                     self._ready_blocks.append(head)
                     return
-                ready = self._ready
-                while ready and ready[0][1].state != QUEUED:
-                    heapq.heappop(ready)  # killed while runnable
-                place: float = head.seq
-                if not ready or place > ready[0][0]:
-                    head.streak = 0  # nothing waits, or it queues behind
-                elif streak >= HOT_BATCH:
-                    # Its batch is used up: the oldest waiting job goes first
-                    # (its place in ``ready`` changes, not its seq).
-                    place = ready[0][0] + 0.5
-                    head.streak = 0
-                else:
-                    head.streak = streak
-                heapq.heappush(ready, (place, head))
+                heapq.heappush(self._ready, (self._ready_place(head, streak), head))
             return
         # Only dead jobs were left: the key is idle.
         try:
@@ -809,6 +787,24 @@ class Engine:
             self._shards = {stored: other for stored, other in refiled.items() if other is not shard}
         if not self._shards:
             self._shards = {}
+
+    def _ready_place(self, head: Job, streak: int) -> float:
+        # Where ``head``, a key's new runnable head, joins ``ready``, whose
+        # killed entries on top are dropped first; sets its streak. ``streak``:
+        # as for _advance.
+        ready = self._ready
+        while ready and ready[0][1].state != QUEUED:
+            heapq.heappop(ready)  # killed while runnable
+        if not ready or head.seq > ready[0][0]:
+            head.streak = 0  # nothing waits, or it queues behind
+            return head.seq
+        if streak >= HOT_BATCH:
+            # Its batch is used up: the oldest waiting job goes first (its
+            # place in ``ready`` changes, not its seq).
+            head.streak = 0
+            return ready[0][0] + 0.5
+        head.streak = streak
+        return head.seq
 
     # -- key policies ------------------------------------------------------
 

@@ -687,11 +687,8 @@ class KeyedDispatcher(Runner):
                             job = engine.take(_monotonic())
                             if job is None:
                                 # A busy worker took it first.
-                                if self._closed and engine.idle():
-                                    self._drained_locked()
-                                    self._exit_locked()
+                                if not self._rest_locked(worker):
                                     return
-                                idle.append(worker)
                                 continue
                         finally:
                             lock.release()
@@ -772,18 +769,25 @@ class KeyedDispatcher(Runner):
                         spawn = self._dispatch_locked()
                     if self._room_waiters:
                         self._room.notify_all()
-                    if job is None:
-                        if self._closed and engine.idle():
-                            self._drained_locked()
-                            self._exit_locked()
-                            return
-                        idle.append(worker)
+                    if job is None and not self._rest_locked(worker):
+                        return
                 finally:
                     lock.release()
                 if spawn:
                     self._spawn(spawn)
         finally:
             self._worker_threads.pop(threading.get_ident(), None)
+
+    def _rest_locked(self, worker: _Worker) -> bool:
+        # Caller holds the lock; ``worker`` found no job to run. It joins the
+        # idle list, or, once the dispatcher is closed and drained, exits:
+        # returns False then, and the worker thread ends.
+        if self._closed and self._engine.idle():
+            self._drained_locked()
+            self._exit_locked()
+            return False
+        self._idle.append(worker)
+        return True
 
     def _exit_locked(self) -> None:
         # Caller holds the lock; the calling worker thread is about to end.
